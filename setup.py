@@ -6,7 +6,8 @@ Two kinds of artefacts, both compiled on install (there is no pure-Python fallba
   built with optimisation and OpenMP where the compiler has it.
 * The onnxruntime custom-op library ``onnxq/libonnxq_ops.so``: plain C from
   ``cython_kernels/ops/*.c``, no Python, no libonnxruntime link (onnxruntime hands the
-  library its API table at registration), one exported symbol: ``RegisterCustomOps``.
+  library its API table at registration), exporting only ``RegisterCustomOps`` and
+  ``onnxq_ops_kernel_isa``.
 """
 from __future__ import annotations
 

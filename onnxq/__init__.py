@@ -20,6 +20,8 @@ _LAZY: dict[str, str] = {
     "get_library_path": "onnxq.runtime",
     "register_library": "onnxq.runtime",
     "InferenceSession": "onnxq.runtime",
+    "kernel_isa": "onnxq.runtime",
+    "model_needs_library": "onnxq.runtime",
 }
 
 __all__ = [
