@@ -1,0 +1,205 @@
+/*
+ * Private to the kernels (kernels_*.c) and their native tests: the repacked weight
+ * layout, the quantized-activation layout and the per-ISA function tables.
+ *
+ * Weight layout ("x8 groups"). Rows are taken 8 at a time (a group; the last group is
+ * padded with all-zero rows). For every block index b, the 8 rows' block b is stored as
+ * one group-block: the rows' scales side by side (so one vector load gets all 8) and
+ * the quants interleaved in 4-byte chunks, chunk j of row r at [j][r][0..3]. A 32-byte
+ * load is then 8 rows x 4 consecutive elements, which is what a maddubs/dpbusd against a
+ * broadcast of 4 activation bytes needs (one int32 lane per row, no horizontal sums), and
+ * what the GEMM panel packer needs (one float vector per k holds the 8 rows). The bit
+ * planes keep ggml's nibble/bit pairing, so expanding a chunk is the same shifts and
+ * masks ggml uses. Group-block byte layouts (GB_* offsets below):
+ *
+ *   Q4_0  d[8] qs[4][8][4]                        lo nibble: elem 4j+t, hi: 16+4j+t
+ *   Q4_1  d[8] m[8] qs[4][8][4]
+ *   Q5_0  d[8] qh[8][4] qs[4][8][4]               qh[r][t] bit j = 5th bit of elem 4j+t
+ *   Q5_1  d[8] m[8] qh[8][4] qs[4][8][4]
+ *   Q8_0  d[8] qs[8][8][4]                        elem 4j+t
+ *   Q4_K  d[8] dmin[8] sc[8][8] mn[4][8][2] qs[4][8][8][4]
+ *         sc[s][r] 6-bit scale of sub-block s; mn[p][r][e] min of sub-block 2p+e;
+ *         qs[c][g][r][t] = row's qs[32c+4g+t]: lo elem 64c+4g+t, hi 64c+32+4g+t
+ *   Q5_K  as Q4_K, then qh[8][8][4] (qh[g][r][t] = row's qh[4g+t]) before qs
+ *   Q6_K  d[8] sc[8][8][2] ql[2][2][8][8][4] qh[2][8][8][4]
+ *         sc[p][r][e] = scale of sub-block 2p+e; ql[h][p][g][r][t] = row's ql[64h+32p+4g+t];
+ *         qh[h][g][r][t] = row's qh[32h+4g+t]
+ *
+ * The repacked weight has the same size as the ggml bytes, except Q4_K/Q5_K whose
+ * 12-byte packed scales become 16 plain bytes (+2.8%). Every format is reversible:
+ * onnxq_unpack_group_block restores a row's original ggml block (gather uses it).
+ */
+#ifndef ONNXQ_KERNELS_IMPL_H
+#define ONNXQ_KERNELS_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ggml_blocks.h"
+#include "kernels.h"
+
+#define ONNXQ_GR 8 /* rows per group */
+
+/* One part of a row: the main blocks, or the 32-element tail of a K-quant row. */
+typedef struct {
+    int type;        /* enum onnxq_type of the blocks */
+    int bs;          /* elements per block */
+    int64_t nb;      /* blocks per row */
+    int64_t k0;      /* index of the part's first element in the row */
+    int64_t gbytes;  /* bytes of one group-block */
+    uint8_t *data;   /* n_groups * nb group-blocks, group-major */
+} onnxq_wpart;
+
+struct onnxq_weight {
+    onnxq_row_layout L;
+    int64_t N;
+    int64_t n_groups; /* ceil(N / 8) */
+    int nparts;       /* 1, or 2 when the row has a tail */
+    onnxq_wpart part[2];
+    void *mem;
+};
+
+/* Bytes of one repacked group-block of a weight type; 0 for other types. */
+int64_t onnxq_group_block_bytes(int type);
+/* Repack block b of 8 rows: rows[r] points at the row's block (NULL = a zero row). */
+void onnxq_repack_group_block(int type, const uint8_t *const rows[ONNXQ_GR], uint8_t *out);
+/* Restore row r's original ggml block from a repacked group-block. */
+void onnxq_unpack_group_block(int type, const uint8_t *gb, int r, uint8_t *out);
+
+/*
+ * A quantized activation row for one weight part, ggml's vec_dot_type of the part:
+ *   Q8_0 / Q8_1 (32-element blocks): qs, d (one per block), isum (sum of the block's qs;
+ *     Q8_1's s is d * isum);
+ *   Q8_K (256-element super-blocks): qs, d (one per super-block), bsum16 (16 per
+ *     super-block) and bsum32 (8 per super-block: sums of 32, which fit int16).
+ * Values are symmetric: q = round_half_even(x * 127 / amax) in [-127, 127], d = amax / 127,
+ * kept as fp32 (ggml stores Q8_0/Q8_1's d as fp16; fp32 only removes a rounding).
+ */
+typedef struct {
+    const int8_t *qs;
+    const float *d;
+    const int32_t *isum;    /* 32-element types */
+    const int16_t *bsum16;  /* Q8_K */
+    const int16_t *bsum32;  /* Q8_K */
+} onnxq_qact;
+
+/* Activation types. */
+enum { ONNXQ_ACT_Q8_0 = 0, ONNXQ_ACT_Q8_K = 1 };
+
+/* x[0 .. n) then zeros up to nb blocks (n <= nb * block). The outputs of one block:
+ * Q8_0: qs[32], d[1], isum[1]. Q8_K: qs[256], d[1], bsum16[16], bsum32[8]. */
+typedef void (*onnxq_quant32_fn)(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
+typedef void (*onnxq_quant256_fn)(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
+                                  int16_t *bsum32);
+
+/*
+ * Fast mode: out[m*8 + r] = sum over the part's nb blocks of row r of the group (g, a
+ * run of group-blocks) dotted with activation a[m], for m < M <= 8, ggml's vec_dot
+ * arithmetic: an exact int32 sum per block (per super-block for K-quants) times the
+ * fp32 scales, accumulated in fp32.
+ */
+typedef void (*onnxq_dot_fn)(const uint8_t *g, int64_t nb, const onnxq_qact *a, int M, float *out);
+
+/*
+ * Dequantize nblk group-blocks (starting at gb) into panel[k*8 + r], k < nblk * block:
+ * bit-identical to onnxq_dequantize_blocks (ggml_dequant.h) for every element.
+ */
+typedef void (*onnxq_panel_fn)(const uint8_t *gb, int64_t nblk, float *panel);
+
+/*
+ * Exact mode, few rows: out[m*8 + r] = dequant(row r of the nb group-blocks at g) . x_m for
+ * m < M <= 8, in float arithmetic (equal to dequantize-then-dot up to rounding). x_m =
+ * x + m*ldx holds nb * block floats, zero-padded by the caller; xsum[m*ldsum + i] is the
+ * sum of x_m's 32-element chunk i (the min terms of Q4_1, Q5_1, Q4_K, Q5_K use it).
+ */
+typedef void (*onnxq_fdot_fn)(const uint8_t *g, int64_t nb, const float *x, int64_t ldx, const float *xsum,
+                              int64_t ldsum, int M, float *out);
+
+/*
+ * GEMM micro-kernel on a 6 x 16 tile of C (row stride ldc): with t = sum_{k < kc} x[i][k] * P[k][j]
+ * for i < 6, j < 16, where x[i] = xrows[i] and P's columns 0..7 come from panel pa, 8..15 from
+ * pb ([kc][8] each): accumulate ? C += t : C = t (+ bias[j] when bias != NULL).
+ */
+#define ONNXQ_MR 6
+#define ONNXQ_NR 16
+typedef void (*onnxq_ukernel_fn)(int64_t kc, const float *const xrows[ONNXQ_MR], const float *pa, const float *pb,
+                                 float *c, int64_t ldc, int accumulate, const float *bias);
+
+enum { ONNXQ_ISA_SCALAR = 0, ONNXQ_ISA_AVX2 = 1, ONNXQ_ISA_AVX512VNNI = 2, ONNXQ_ISA_COUNT = 3 };
+
+/* Indexed by weight type through onnxq_type_slot(). */
+#define ONNXQ_NSLOTS 8
+
+typedef struct {
+    const char *name;
+    onnxq_quant32_fn quant_q8_0;
+    onnxq_quant256_fn quant_q8_K;
+    onnxq_dot_fn dot[ONNXQ_NSLOTS];
+    onnxq_panel_fn panel[ONNXQ_NSLOTS];
+    onnxq_fdot_fn fdot[ONNXQ_NSLOTS];
+    onnxq_ukernel_fn ukernel;
+} onnxq_kernel_table;
+
+/* 0..7 for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K, -1 otherwise. */
+static inline int onnxq_type_slot(int type) {
+    switch (type) {
+    case ONNXQ_TYPE_Q4_0: return 0;
+    case ONNXQ_TYPE_Q4_1: return 1;
+    case ONNXQ_TYPE_Q5_0: return 2;
+    case ONNXQ_TYPE_Q5_1: return 3;
+    case ONNXQ_TYPE_Q8_0: return 4;
+    case ONNXQ_TYPE_Q4_K: return 5;
+    case ONNXQ_TYPE_Q5_K: return 6;
+    case ONNXQ_TYPE_Q6_K: return 7;
+    default: return -1;
+    }
+}
+
+/* The activation type a weight type's fast dot product takes (ggml's vec_dot_type). */
+static inline int onnxq_act_kind(int type) {
+    return (type == ONNXQ_TYPE_Q4_K || type == ONNXQ_TYPE_Q5_K || type == ONNXQ_TYPE_Q6_K) ? ONNXQ_ACT_Q8_K
+                                                                                          : ONNXQ_ACT_Q8_0;
+}
+
+/* Group-block field offsets (bytes). */
+enum {
+    GB_Q4_0_QS = 16,
+    GB_Q4_1_M = 16, GB_Q4_1_QS = 32,
+    GB_Q5_0_QH = 16, GB_Q5_0_QS = 48,
+    GB_Q5_1_M = 16, GB_Q5_1_QH = 32, GB_Q5_1_QS = 64,
+    GB_Q8_0_QS = 16,
+    GB_QK_DMIN = 16, GB_QK_SC = 32, GB_QK_MN = 96, GB_Q4_K_QS = 160,
+    GB_Q5_K_QH = 160, GB_Q5_K_QS = 416,
+    GB_Q6_K_SC = 16, GB_Q6_K_QL = 144, GB_Q6_K_QH = 1168,
+};
+enum {
+    GB_Q4_0_BYTES = 144, GB_Q4_1_BYTES = 160, GB_Q5_0_BYTES = 176, GB_Q5_1_BYTES = 192, GB_Q8_0_BYTES = 272,
+    GB_Q4_K_BYTES = 1184, GB_Q5_K_BYTES = 1440, GB_Q6_K_BYTES = 1680,
+};
+
+/* The tables: scalar always; the SIMD ones are NULL where the compiler cannot build them. */
+extern const onnxq_kernel_table onnxq_kernels_scalar;
+const onnxq_kernel_table *onnxq_kernels_avx2(void);
+const onnxq_kernel_table *onnxq_kernels_avx512vnni(void);
+
+/* The table for an ISA level if this build has it and this CPU runs it, else NULL. */
+const onnxq_kernel_table *onnxq_kernels_for_isa(int isa);
+/* The table in use (ONNXQ_ISA applied), chosen once. */
+const onnxq_kernel_table *onnxq_kernels_active(void);
+/* Tests only: make t the table in use (t from onnxq_kernels_for_isa). */
+void onnxq_kernels_set_active(const onnxq_kernel_table *t);
+
+/* Scalar activation quantizers (the reference the SIMD ones must match bit for bit). */
+void onnxq_quant_q8_0_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
+void onnxq_quant_q8_K_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
+                             int16_t *bsum32);
+
+static inline uint16_t onnxq_rd16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+static inline float onnxq_rdh(const uint8_t *p) { return onnxq_fp16_to_fp32(onnxq_rd16(p)); }
+
+#endif /* ONNXQ_KERNELS_IMPL_H */

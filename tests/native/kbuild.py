@@ -1,0 +1,83 @@
+"""Compile the custom-op kernels for the native tests, once per flag set.
+
+Objects are cached under the system temp dir, keyed by a hash of every kernel source,
+header and flag, so the test files that need the same build (ctypes harness, the C unit
+test, valgrind) share it, and files compile in parallel (one process per source).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OPS = os.path.join(ROOT, "cython_kernels", "ops")
+NATIVE = os.path.join(ROOT, "tests", "native")
+
+# The library's own flags (setup.py): exact IEEE arithmetic; every warning an error here.
+BASE_FLAGS = ["-std=c11", "-D_GNU_SOURCE", "-ffp-contract=off", "-fno-math-errno", "-fno-strict-aliasing",
+              "-Wall", "-Wextra", "-Wshadow", "-Werror",
+              "-I" + os.path.join(ROOT, "cython_kernels"), "-I" + OPS, "-I" + NATIVE]
+OPT = ["-O2", "-g", "-fPIC"]
+ASAN = ["-O1", "-g", "-fPIC", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+
+
+def compiler() -> str | None:
+    return shutil.which("gcc") or shutil.which("cc")
+
+
+def kernel_sources() -> list[str]:
+    return sorted(os.path.join(OPS, f) for f in os.listdir(OPS) if f.startswith("kernels_") and f.endswith(".c"))
+
+
+def _inputs() -> list[str]:
+    heads = [os.path.join(ROOT, "cython_kernels", f) for f in ("ggml_blocks.h", "ggml_dequant.h")]
+    heads += sorted(os.path.join(OPS, f) for f in os.listdir(OPS) if f.startswith("kernels") and f.endswith(".h"))
+    heads += sorted(os.path.join(NATIVE, f) for f in os.listdir(NATIVE) if f.endswith((".c", ".h")))
+    return kernel_sources() + heads
+
+
+def objects(flags: list[str]) -> list[str]:
+    """Object files of the kernels plus tests/native/*.c (except bench) built with flags."""
+    cc = compiler()
+    h = hashlib.sha256(" ".join([cc or ""] + BASE_FLAGS + flags).encode())
+    for path in _inputs():
+        with open(path, "rb") as fh:
+            h.update(path.encode() + fh.read())
+    out_dir = os.path.join(tempfile.gettempdir(), "onnxq-kernel-tests", h.hexdigest()[:16])
+    srcs = kernel_sources() + [os.path.join(NATIVE, f) for f in ("harness.c", "test_kernels.c")]
+    objs = [os.path.join(out_dir, os.path.basename(s)[:-2] + ".o") for s in srcs]
+    if all(os.path.exists(o) for o in objs):
+        return objs
+    os.makedirs(out_dir, exist_ok=True)
+
+    def one(pair):
+        src, obj = pair
+        tmp = obj + f".{os.getpid()}.tmp"
+        res = subprocess.run([cc, *BASE_FLAGS, *flags, "-c", src, "-o", tmp], capture_output=True, text=True)
+        if res.returncode != 0 or "warning" in res.stderr:
+            raise RuntimeError(f"compiling {src} failed:\n{res.stderr}")
+        os.replace(tmp, obj)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(pool.map(one, zip(srcs, objs)))
+    return objs
+
+
+def link(objs: list[str], out: str, flags: list[str], shared: bool = False) -> str:
+    cmd = [compiler(), *flags, *(["-shared"] if shared else []), *objs, "-o", out, "-lpthread", "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+def sanitizers_work(tmp_dir: str) -> bool:
+    cc = compiler()
+    src = os.path.join(tmp_dir, "probe.c")
+    with open(src, "w") as fh:
+        fh.write("int main(void){return 0;}\n")
+    exe = os.path.join(tmp_dir, "probe")
+    res = subprocess.run([cc, "-fsanitize=address,undefined", src, "-o", exe], capture_output=True)
+    return res.returncode == 0 and subprocess.run([exe], capture_output=True).returncode == 0

@@ -1,0 +1,161 @@
+/*
+ * Native unit tests of the kernels (no onnxruntime). Built and run by
+ * tests/test_ops_kernels_native.py, also under AddressSanitizer.
+ *
+ *   repack    repack -> unpack gives back the ggml bytes of every row, every type
+ *   quant     SIMD activation quantizers == scalar, bit for bit (partial blocks too)
+ *   dot       SIMD fast-mode dot == scalar: exactly with unit scales (the integer sums
+ *             decide the result), to 1e-5 relative with random scales, and with extreme
+ *             codes and activations (int16 overflow would show as a gross error)
+ *   panel     SIMD dequantization == scalar == ggml_dequant.h, bit for bit
+ *   gemm      SIMD gemv / micro-kernel == scalar to float tolerance
+ *   matmul    the whole driver (both modes, M in {1..}, padded K, tails, N % 8 != 0,
+ *             1 and 3 threads) against a float64 reference from ggml_dequant.h
+ *   gather    bit-identical to ggml_dequant.h
+ *
+ * Prints one line per failure and "N passed, M failed" at the end; exit status 1 on failure.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "ggml_dequant.h"
+#include "harness.h"
+#include "kernels_impl.h"
+
+static int n_pass, n_fail;
+
+#define CHECK(cond, ...)                                                                       \
+    do {                                                                                       \
+        if (cond) {                                                                            \
+            ++n_pass;                                                                          \
+        } else {                                                                               \
+            ++n_fail;                                                                          \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                        \
+            printf(__VA_ARGS__);                                                               \
+            printf("\n");                                                                      \
+        }                                                                                      \
+    } while (0)
+
+#include "simd_checks.h"
+
+/* ---------------------------------------------------------------- the driver */
+
+typedef struct {
+    int type, tail;
+    int64_t K;
+} layout_case;
+
+static const layout_case LAYOUTS[] = {
+    {ONNXQ_TYPE_Q4_0, -1, 64},  {ONNXQ_TYPE_Q4_0, -1, 77},  {ONNXQ_TYPE_Q4_1, -1, 96},  {ONNXQ_TYPE_Q5_0, -1, 70},
+    {ONNXQ_TYPE_Q5_1, -1, 32},  {ONNXQ_TYPE_Q8_0, -1, 600}, {ONNXQ_TYPE_Q4_K, -1, 256}, {ONNXQ_TYPE_Q4_K, -1, 300},
+    {ONNXQ_TYPE_Q5_K, ONNXQ_TYPE_Q8_0, 600}, {ONNXQ_TYPE_Q6_K, ONNXQ_TYPE_Q5_0, 530},
+    {ONNXQ_TYPE_Q6_K, ONNXQ_TYPE_Q4_1, 40},  {ONNXQ_TYPE_Q4_K, ONNXQ_TYPE_Q5_1, 512},
+};
+
+static void test_matmul_and_gather(void) {
+    const int nlay = (int)(sizeof LAYOUTS / sizeof LAYOUTS[0]);
+    for (int li = 0; li < nlay; ++li) {
+        const layout_case *lc = &LAYOUTS[li];
+        onnxq_row_layout L;
+        if (onnxq_row_layout_init(&L, lc->type, lc->tail, lc->K) != ONNXQ_LAYOUT_OK) {
+            CHECK(0, "layout %d", li);
+            continue;
+        }
+        const int64_t N = 19 + li, K = lc->K;
+        uint8_t *W = malloc((size_t)(N * L.row_bytes));
+        for (int64_t n = 0; n < N; ++n) {
+            uint8_t *row = W + n * L.row_bytes;
+            for (int64_t b = 0; b < L.n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
+            for (int64_t b = 0; b < L.n_tail; ++b)
+                random_block(lc->tail, row + L.main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
+        }
+        /* reference: dequantize every row */
+        float *Wd = malloc(sizeof(float) * (size_t)(N * K)), scratch[QK_K];
+        for (int64_t n = 0; n < N; ++n) onnxq_dequantize_row(&L, W + n * L.row_bytes, Wd + n * K, scratch);
+        /* gather: bit-exact */
+        int64_t idx[23];
+        for (int i = 0; i < 23; ++i) idx[i] = (int64_t)(rnd() % (uint64_t)N);
+        float *G = malloc(sizeof(float) * (size_t)(23 * K));
+        CHECK(h_gather(lc->type, lc->tail, K, N, W, idx, 23, G, 3) == 0, "gather rc");
+        int gok = 1;
+        for (int i = 0; i < 23; ++i) gok &= !memcmp(G + i * K, Wd + idx[i] * K, sizeof(float) * (size_t)K);
+        CHECK(gok, "gather %s K %lld", tname(lc->type), (long long)K);
+        free(G);
+
+        const int64_t Ms[] = {1, 2, 7, 8, 13, 16, 17, 40};
+        const int64_t Mmax = 40;
+        float *X = malloc(sizeof(float) * (size_t)(Mmax * K)), *bias = malloc(sizeof(float) * (size_t)N);
+        float *Y = malloc(sizeof(float) * (size_t)(Mmax * N));
+        for (int64_t i = 0; i < Mmax * K; ++i) X[i] = rnd_normal();
+        for (int64_t n = 0; n < N; ++n) bias[n] = rnd_normal();
+        /* per element, the abs-max of the activation block it is quantized in */
+        float *amax = malloc(sizeof(float) * (size_t)(Mmax * K));
+        for (int64_t m = 0; m < Mmax; ++m)
+            for (int64_t k0 = 0; k0 < K;) {
+                const int bsz = (k0 < L.main_elems && tbs(lc->type) == QK_K) ? QK_K : 32;
+                const int64_t k1 = k0 + bsz < K ? k0 + bsz : K;
+                float a = 0;
+                for (int64_t k = k0; k < k1; ++k) a = fmaxf(a, fabsf(X[m * K + k]));
+                for (int64_t k = k0; k < k1; ++k) amax[m * K + k] = a;
+                k0 = k1;
+            }
+        for (int isa = 0; isa < ONNXQ_ISA_COUNT; ++isa) {
+            if (!h_set_isa(isa)) continue;
+            for (int mi = 0; mi < 8; ++mi)
+                for (int mode = 0; mode < 2; ++mode) {
+                    const int64_t M = Ms[mi];
+                    const int threads = 1 + 2 * (mi & 1);
+                    const float *bp = (mi & 2) ? bias : NULL;
+                    for (int64_t i = 0; i < M * N; ++i) Y[i] = NAN;
+                    const int rc = h_matmul(lc->type, lc->tail, K, N, W, X, M, bp, Y, mode, threads);
+                    int ok = rc == 0;
+                    double worst = 0;
+                    for (int64_t m = 0; m < M && ok; ++m)
+                        for (int64_t n = 0; n < N; ++n) {
+                            double ref = bp ? bp[n] : 0.0, mag = bp ? fabs(bp[n]) : 0.0, q8 = 0.0;
+                            /* fast mode: Q8 rounding moves x by at most amax of its block / 254 */
+                            for (int64_t k = 0; k < K; ++k) {
+                                const double w = Wd[n * K + k], x = X[m * K + k];
+                                ref += w * x;
+                                mag += fabs(w * x);
+                                q8 += fabs(w) * amax[m * K + k] / 254.0;
+                            }
+                            const double tol = 2e-6 * sqrt((double)K) * mag + (mode ? q8 * 1.001 : 0.0) + 1e-30;
+                            const double e = fabs((double)Y[m * N + n] - ref);
+                            if (!(e <= tol)) ok = 0;
+                            if (e / (tol + 1e-300) > worst) worst = e / tol;
+                        }
+                    CHECK(ok, "matmul %s tail %d K %lld N %lld M %lld mode %d isa %s threads %d (err/tol %g)",
+                          tname(lc->type), lc->tail, (long long)K, (long long)N, (long long)M, mode, h_isa(), threads, worst);
+                }
+        }
+        free(amax);
+        free(X);
+        free(bias);
+        free(Y);
+        free(Wd);
+        free(W);
+    }
+}
+
+int main(void) {
+    test_repack();
+    for (int isa = 1; isa < ONNXQ_ISA_COUNT; ++isa) {
+        const onnxq_kernel_table *T = onnxq_kernels_for_isa(isa);
+        if (!T) {
+            printf("isa %d not available on this CPU/build: its tests are skipped\n", isa);
+            continue;
+        }
+        printf("testing %s against scalar\n", T->name);
+        test_quant(T);
+        test_dot(T);
+        test_panel(T);
+        test_fdot(T);
+        test_gemm(T);
+    }
+    test_panel(&onnxq_kernels_scalar); /* scalar panels against ggml_dequant.h */
+    test_matmul_and_gather();
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}

@@ -1,0 +1,82 @@
+"""Build and run the kernels' native C tests (tests/native/test_kernels.c).
+
+They check every SIMD path against the scalar reference on random and extreme blocks
+(exact integer sums, bit-exact activation quantizers and dequantization), the repacked
+layout's round trip, and the whole driver against a float64 reference. Run three ways:
+optimised as shipped (-O3), with AddressSanitizer + UndefinedBehaviorSanitizer when the
+compiler has them, and under valgrind when it is installed (a second, independent memory
+checker; skipped otherwise).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "native"))
+import kbuild  # noqa: E402
+
+if kbuild.compiler() is None:
+    pytest.skip("no C compiler", allow_module_level=True)
+
+
+def program(tmp_path, name: str, flags: list[str]) -> str:
+    return kbuild.link(kbuild.objects(flags), str(tmp_path / name), flags)
+
+
+def run(binary: str, env_extra: dict | None = None, prefix: list[str] | None = None) -> str:
+    env = dict(os.environ, **(env_extra or {}))
+    res = subprocess.run([*(prefix or []), binary], capture_output=True, text=True, env=env, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert " 0 failed" in out, out[-4000:]
+    return out
+
+
+def test_native_optimised(tmp_path):
+    out = run(program(tmp_path, "test_kernels", kbuild.OPT))
+    assert "passed" in out
+    # the forced-scalar dispatch runs the same driver checks on the reference kernels
+    run(program(tmp_path, "test_kernels", kbuild.OPT), {"ONNXQ_ISA": "scalar"})
+
+
+def test_native_sanitizers(tmp_path):
+    if not kbuild.sanitizers_work(str(tmp_path)):
+        pytest.skip("the compiler cannot build AddressSanitizer/UBSan programs here")
+    binary = program(tmp_path, "test_kernels_asan", kbuild.ASAN)
+    run(binary, {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"})
+
+
+def test_native_valgrind(tmp_path):
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    binary = program(tmp_path, "test_kernels_vg", kbuild.OPT)
+    run(binary, prefix=["valgrind", "--error-exitcode=3", "--leak-check=full", "--errors-for-leak-kinds=definite", "-q"])
+
+
+def test_isa_override_falls_back(tmp_path):
+    """ONNXQ_ISA picks a lower level; one the CPU lacks falls back to the best available."""
+    src = tmp_path / "isa.c"
+    src.write_text('#include <stdio.h>\n#include "kernels.h"\nint main(void){puts(onnxq_kernel_isa());return 0;}\n')
+    kernels = [o for o in kbuild.objects(kbuild.OPT) if os.path.basename(o).startswith("kernels_")]
+    obj = str(tmp_path / "isa.o")
+    subprocess.run([kbuild.compiler(), *kbuild.BASE_FLAGS, "-O1", "-c", str(src), "-o", obj], check=True)
+    out = kbuild.link([obj, *kernels], str(tmp_path / "isa"), [])
+
+    def isa(value):
+        env = dict(os.environ)
+        env.pop("ONNXQ_ISA", None)
+        if value is not None:
+            env["ONNXQ_ISA"] = value
+        return subprocess.run([out], capture_output=True, text=True, env=env, check=True).stdout.strip()
+
+    best = isa(None)
+    assert best in ("scalar", "avx2", "avx512vnni")
+    assert isa("scalar") == "scalar"
+    assert isa("avx512vnni") == best  # never above what the CPU has
+    assert isa("bogus") == best
+    if best != "scalar":
+        assert isa("avx2") == "avx2"
