@@ -1,0 +1,202 @@
+"""The result of one evaluation: a dataclass with ``to_dict`` (JSON) and ``format_table``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+TASK_TITLES = {
+    "lm": "language model",
+    "encoder": "encoder",
+    "outputs": "outputs",
+}
+
+
+@dataclass
+class ModelResult:
+    """One model's numbers: task metrics and the wall time of its timed runs."""
+
+    path: str
+    seconds: float
+    runs: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    time_ratio: Optional[float] = None  # seconds / reference seconds (candidates only)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"path": self.path, "seconds": self.seconds, "runs": self.runs, **self.metrics}
+        if self.time_ratio is not None:
+            out["time_ratio"] = self.time_ratio
+        return out
+
+
+@dataclass
+class EvalReport:
+    """Reference vs candidates on the same inputs (see onnxq.evaluate for the protocol)."""
+
+    task: str
+    reference: ModelResult
+    candidates: list[ModelResult]
+    data: dict[str, Any]
+    settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable dict (non-finite floats become strings "inf"/"nan")."""
+        return _json_safe(
+            {
+                "task": self.task,
+                "data": self.data,
+                "settings": self.settings,
+                "reference": self.reference.to_dict(),
+                "candidates": [c.to_dict() for c in self.candidates],
+            }
+        )
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def format_table(self) -> str:
+        """A readable report: a header naming the data, one row per model."""
+        lines = [self._header()]
+        columns, rows = self._rows()
+        lines.extend(_table(columns, rows))
+        lines.extend(self._footer())
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+    # -- layout -------------------------------------------------------------------
+
+    def _header(self) -> str:
+        d = self.data
+        title = f"onnxq eval ({TASK_TITLES.get(self.task, self.task)})"
+        threads = self.settings.get("threads") or "default"
+        if self.task == "lm":
+            return (
+                f"{title}: corpus {d['corpus']} (sha256 {d['corpus_sha256'][:16]}), {d['tokens']} tokens "
+                f"in {d['windows']} windows of ctx {d['ctx']}, {d['predicted_tokens']} predicted; "
+                f"tokenizer {self.settings.get('tokenizer')}; threads {threads}"
+            )
+        if self.task == "encoder":
+            return (
+                f"{title}: sentences {d['sentences']} (sha256 {d['sentences_sha256'][:16]}), "
+                f"{d['sentence_count']} sentences, {d['tokens']} tokens, batch {d['batch_size']}, "
+                f"{d['pooling']} of {d['output']!r}; threads {threads}"
+            )
+        shapes = ", ".join(f"{n} {s}" for n, s in d.get("input_shapes", {}).items())
+        return (
+            f"{title}: inputs {d['inputs']} ({shapes}), {d['input_sets']} set(s) x {d['repeat']} timed repeat(s); "
+            f"threads {threads}"
+        )
+
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        ref = self.reference
+        models = [("ref", ref)] + [(f"#{i + 1}", c) for i, c in enumerate(self.candidates)]
+        if self.task == "lm":
+            columns = ["", "model", "perplexity", "Δ ppl", "KL(ref‖cand)", "KL max", "top-1 agree", "next-token acc", "seconds", "time/ref"]
+            rows = []
+            ref_ppl = ref.metrics["perplexity"]
+            for tag, m in models:
+                is_ref = m is ref
+                rows.append(
+                    [
+                        tag,
+                        _name(m.path),
+                        f"{m.metrics['perplexity']:.4f}",
+                        "" if is_ref else f"{m.metrics['perplexity'] - ref_ppl:+.4f}",
+                        "" if is_ref else f"{m.metrics['kl_divergence']:.3e}",
+                        "" if is_ref else f"{m.metrics['kl_max']:.3e}",
+                        "" if is_ref else f"{100 * m.metrics['top1_agreement']:.2f} %",
+                        f"{100 * m.metrics['next_token_accuracy']:.2f} %",
+                        _seconds(m.seconds),
+                        _ratio(m, ref),
+                    ]
+                )
+            return columns, rows
+        if self.task == "encoder":
+            columns = ["", "model", "cosine mean", "cosine min", "rel. error", "seconds", "time/ref"]
+            rows = []
+            for tag, m in models:
+                is_ref = m is ref
+                rows.append(
+                    [
+                        tag,
+                        _name(m.path),
+                        "" if is_ref else f"{m.metrics['cosine_mean']:.6f}",
+                        "" if is_ref else f"{m.metrics['cosine_min']:.6f}",
+                        "" if is_ref else f"{m.metrics['relative_error']:.3e}",
+                        _seconds(m.seconds),
+                        _ratio(m, ref),
+                    ]
+                )
+            return columns, rows
+        columns = ["", "model", "max rel. error", "seconds", "time/ref"]
+        rows = []
+        for tag, m in models:
+            is_ref = m is ref
+            rows.append(
+                [
+                    tag,
+                    _name(m.path),
+                    "" if is_ref else f"{m.metrics['relative_error']:.3e}",
+                    _seconds(m.seconds),
+                    _ratio(m, ref),
+                ]
+            )
+        return columns, rows
+
+    def _footer(self) -> list[str]:
+        lines = []
+        if self.task == "outputs":
+            for i, c in enumerate(self.candidates):
+                parts = ", ".join(
+                    f"{n} {v:.3e} (max abs {c.metrics['max_abs_errors'][n]:.3e})" for n, v in c.metrics["relative_errors"].items()
+                )
+                lines.append(f"#{i + 1} relative error per output: {parts}")
+        if self.task == "encoder":
+            for i, c in enumerate(self.candidates):
+                text = c.metrics["cosine_min_sentence"]
+                text = text if len(text) <= 60 else text[:57] + "..."
+                lines.append(f"#{i + 1} lowest cosine {c.metrics['cosine_min']:.6f} on sentence "
+                             f"{c.metrics['cosine_min_index'] + 1}: {text!r}")
+        paths = [f"ref = {self.reference.path}"] + [f"#{i + 1} = {c.path}" for i, c in enumerate(self.candidates)]
+        lines.append("; ".join(paths))
+        return lines
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path)
+
+
+def _ratio(m: ModelResult, ref: ModelResult) -> str:
+    if m is ref:
+        return "1.00"
+    return "n/a" if m.time_ratio is None else f"{m.time_ratio:.2f}"
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+
+    def fmt(cells: list[str]) -> str:
+        # text columns left-aligned, numbers right-aligned
+        return "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return [fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.4g}"
