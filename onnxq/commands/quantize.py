@@ -1,0 +1,126 @@
+"""``onnxq quantize IN.onnx -o OUT.onnx --type q6_k | --recipe FILE|PRESET ...``
+
+GGML weight-only quantization (one type, or a recipe: a method per layer), or
+``--method smoothquant`` for whole-model SmoothQuant W8A8. Prints a closing table per
+method: layers, parameters, bytes, effective bits per weight, totals and the ratio to
+float32, and a summary of what was skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from ..presets import preset_names
+
+    parser.add_argument("input", nargs="?", help="the ONNX model to quantize (never modified)")
+    parser.add_argument("-o", "--output", help="where to write the quantized model")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--type", help="one GGML type for every layer: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k")
+    what.add_argument(
+        "--recipe",
+        help=f"a recipe file (.json/.yaml) or a preset: {', '.join(preset_names())} (default: q5_k_m)",
+    )
+    parser.add_argument("--method", choices=("ggml", "smoothquant"), default="ggml",
+                        help="ggml (default): GGML blocks via --type/--recipe; smoothquant: whole-model W8A8")
+    parser.add_argument("--mode", choices=("fast", "exact"),
+                        help="GGML matmul mode for layers whose rule does not say: exact (float activations, "
+                             "the default) or fast (activations quantized to 8-bit blocks, as ggml)")
+    parser.add_argument("--imatrix-data", metavar="DATA",
+                        help="calibration inputs (.npz, one array per model input) to compute an importance "
+                             "matrix, or an imatrix .npz saved with --save-imatrix")
+    parser.add_argument("--save-imatrix", metavar="FILE.npz", help="save the importance matrix for reuse")
+    parser.add_argument("--calib", metavar="DATA",
+                        help="calibration inputs (.npz) for SmoothQuant (whole model or recipe layers)")
+    parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
+    parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
+    parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
+    parser.add_argument("--threads", type=int, metavar="N", help="threads for packing (default: all cores)")
+    parser.add_argument("--report", metavar="FILE.json", help="also write the full report as JSON")
+    parser.add_argument("--list-presets", action="store_true", help="list the built-in recipes and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _list_presets() -> int:
+    from ..presets import PRESETS
+
+    for name, spec in PRESETS.items():
+        print(f"{name:<12} {spec.get('description', '')}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import OnnxqError, RecipeError
+
+    if args.list_presets:
+        return _list_presets()
+    if not args.input or not args.output:
+        raise OnnxqError("need an input model and -o OUTPUT")
+    if args.threads is not None and args.threads < 1:
+        raise OnnxqError(f"--threads must be >= 1, got {args.threads}")
+    if args.calib_batches is not None and args.calib_batches < 1:
+        raise OnnxqError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+    if args.method == "smoothquant":
+        return _run_smoothquant(args)
+    if args.alpha is not None or args.format is not None:
+        if not args.recipe:
+            raise RecipeError("--alpha/--format apply to --method smoothquant or recipes with smoothquant layers")
+    from ..quantize import quantize
+
+    sq_options = {}
+    if args.alpha is not None:
+        sq_options["alpha"] = _alpha(args.alpha)
+    if args.format is not None:
+        sq_options["format"] = args.format
+    report = quantize(
+        args.input,
+        args.output,
+        type=args.type,
+        recipe=args.recipe,
+        mode=args.mode,
+        imatrix_data=args.imatrix_data,
+        save_imatrix=args.save_imatrix,
+        calibration_data=args.calib,
+        smoothquant_options=sq_options,
+        threads=args.threads,
+        calibration_batches=args.calib_batches,
+        progress=not args.quiet,
+    )
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{report.input} -> {report.output}  (recipe {report.recipe.name}, {report.seconds:.1f} s"
+          + (f", imatrix over {report.imatrix_tensors} inputs" if report.imatrix_tensors else "") + ")")
+    print(report.table())
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh, indent=2)
+    return 0
+
+
+def _alpha(text: str):
+    from ..errors import RecipeError
+
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise RecipeError(f"--alpha must be a number in [0, 1] or 'auto', got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise RecipeError(f"--alpha must be in [0, 1], got {value}")
+    return value
+
+
+def _run_smoothquant(args: argparse.Namespace) -> int:
+    from ..errors import OnnxqError
+
+    if args.type or args.recipe or args.imatrix_data or args.mode:
+        raise OnnxqError("--method smoothquant takes --calib/--alpha/--format, not --type/--recipe/--imatrix-data/--mode")
+    if not args.calib:
+        raise OnnxqError("--method smoothquant needs calibration inputs: --calib DATA.npz")
+    from ..hybrid import run_smoothquant_cli
+
+    return run_smoothquant_cli(args)

@@ -1,0 +1,301 @@
+"""``onnxq inspect``: per-layer method, shape, bytes and bits per weight of any model.
+
+Recognises float layers (MatMul / Gemm / Gather on constant weights), onnxq's GGML ops,
+int8 layers in the QDQ form (``DequantizeLinear`` of a constant feeding a MatMul / Gemm),
+the QOperator form (``QLinearMatMul``), dynamic int8 (``MatMulInteger``) and
+onnxruntime's ``MatMulNBits``. Bytes are read from the tensor headers: external data is
+never loaded. A weight stored once and used by two layers (a tied LM head) is counted
+once; the second layer shows ``shared_with``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .analyze import FLOAT_TYPES, ModelGraph, find_sites, infer_role, layer_index
+from .ggml_ops import MATMUL_OP, ggml_node_attributes, is_ggml_node
+from .modelio import load_model, tensor_nbytes
+
+PathLike = Union[str, os.PathLike]
+
+_DTYPE_NAMES = {
+    TensorProto.FLOAT: "float32",
+    TensorProto.FLOAT16: "float16",
+    TensorProto.BFLOAT16: "bfloat16",
+    TensorProto.DOUBLE: "float64",
+}
+
+
+@dataclass
+class LayerInfo:
+    """One weight-carrying layer of a model."""
+
+    name: str
+    op_type: str
+    method: str  # "float32", "Q4_K", "int8 W8A8 (QDQ)", ...
+    role: str
+    layer: Optional[int]
+    K: int
+    N: int
+    weight: str
+    nbytes: int  # bytes this layer adds (0 when its weight is shared with an earlier layer)
+    weight_bytes: int  # bytes of its weight (scales / zero points included) shared or not
+    tail_type: Optional[str] = None
+    mode: Optional[str] = None
+    shared_with: Optional[str] = None
+
+    @property
+    def params(self) -> int:
+        return self.K * self.N
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.weight_bytes / self.params if self.params else 0.0
+
+
+@dataclass
+class ModelInspection:
+    path: str
+    layers: List[LayerInfo] = field(default_factory=list)
+    initializer_bytes: int = 0
+    other_bytes: int = 0  # initializers not attributed to a layer (norms, biases, ...)
+    other_float32_bytes: int = 0  # the same as float32
+    file_bytes: int = 0
+    metadata: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layer_params(self) -> int:
+        return sum(l.params for l in self.layers if l.shared_with is None)
+
+    @property
+    def layer_bytes(self) -> int:
+        return sum(l.nbytes for l in self.layers)
+
+    @property
+    def float32_bytes(self) -> int:
+        """What the same model's initializers would take in float32."""
+        return 4 * self.layer_params + self.other_float32_bytes
+
+    @property
+    def ratio_to_float32(self) -> float:
+        return self.float32_bytes / self.initializer_bytes if self.initializer_bytes else 1.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Average over all layers (shared weights once)."""
+        p = self.layer_params
+        return 8.0 * self.layer_bytes / p if p else 0.0
+
+    def by_method(self) -> List[Dict[str, Any]]:
+        rows: Dict[str, Dict[str, Any]] = {}
+        for l in self.layers:
+            row = rows.setdefault(l.method, {"method": l.method, "layers": 0, "params": 0, "bytes": 0})
+            row["layers"] += 1
+            if l.shared_with is None:
+                row["params"] += l.params
+                row["bytes"] += l.nbytes
+        for row in rows.values():
+            row["bits_per_weight"] = 8.0 * row["bytes"] / row["params"] if row["params"] else None
+        return list(rows.values())
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "path": self.path,
+            "file_bytes": self.file_bytes,
+            "initializer_bytes": self.initializer_bytes,
+            "float32_bytes": self.float32_bytes,
+            "ratio_to_float32": self.ratio_to_float32,
+            "layer_params": self.layer_params,
+            "layer_bytes": self.layer_bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "other_bytes": self.other_bytes,
+            "metadata": self.metadata,
+            "by_method": self.by_method(),
+            "layers": [
+                {
+                    "name": l.name, "op_type": l.op_type, "method": l.method, "role": l.role, "layer": l.layer,
+                    "K": l.K, "N": l.N, "params": l.params, "weight": l.weight, "bytes": l.nbytes,
+                    "bits_per_weight": l.bits_per_weight, "tail_type": l.tail_type, "mode": l.mode,
+                    "shared_with": l.shared_with,
+                }
+                for l in self.layers
+            ],
+        }
+
+    def table(self) -> str:
+        w = max([len(l.name) for l in self.layers] + [5])
+        w = min(w, 64)
+        lines = [f"{'layer':<{w}}  {'role':<9}{'method':<18}{'K x N':>14}{'bytes':>12}{'bpw':>8}"]
+        for l in self.layers:
+            name = l.name if len(l.name) <= w else "…" + l.name[-(w - 1):]
+            method = l.method + (f"+{l.tail_type}" if l.tail_type else "")
+            size = f"(shared)" if l.shared_with else _size(l.nbytes)
+            lines.append(f"{name:<{w}}  {l.role:<9}{method:<18}{f'{l.K}x{l.N}':>14}{size:>12}{l.bits_per_weight:>8.3f}")
+        lines.append("")
+        lines.append(f"{'method':<20}{'layers':>7}{'params':>14}{'bytes':>12}{'bpw':>8}")
+        for row in self.by_method():
+            bpw = f"{row['bits_per_weight']:.3f}" if row["bits_per_weight"] else "-"
+            lines.append(f"{row['method']:<20}{row['layers']:>7}{row['params']:>14,}{_size(row['bytes']):>12}{bpw:>8}")
+        lines.append(
+            f"{'all layers':<20}{len(self.layers):>7}{self.layer_params:>14,}{_size(self.layer_bytes):>12}"
+            f"{self.bits_per_weight:>8.3f}"
+        )
+        lines.append(f"other initializers: {_size(self.other_bytes)}")
+        lines.append(
+            f"initializers: {_size(self.initializer_bytes)} (as float32: {_size(self.float32_bytes)}, "
+            f"ratio {self.ratio_to_float32:.2f}x); file(s): {_size(self.file_bytes)}"
+        )
+        if "onnxq.version" in self.metadata:
+            recipe = self.metadata.get("onnxq.recipe")
+            name = None
+            if recipe:
+                try:
+                    name = json.loads(recipe).get("name")
+                except ValueError:
+                    name = None
+            lines.append(f"quantized by onnxq {self.metadata['onnxq.version']}" + (f", recipe {name}" if name else ""))
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n} B"
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+class _Bytes:
+    """Initializer sizes, and which layer claimed each one first."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.sizes = {t.name: tensor_nbytes(t) for t in model.graph.initializer}
+        self.owner: Dict[str, str] = {}
+
+    def claim(self, names, layer: str) -> tuple:
+        """(bytes added by this layer, bytes of all its tensors, first owner of the main one)."""
+        added = total = 0
+        first_owner = None
+        for i, name in enumerate(n for n in names if n):
+            size = self.sizes.get(name, 0)
+            total += size
+            owner = self.owner.setdefault(name, layer)
+            if owner == layer:
+                added += size
+            elif i == 0:
+                first_owner = owner
+        return added, total, first_owner
+
+
+def inspect_model(path: PathLike) -> ModelInspection:
+    """Per-layer report of the model at ``path`` (any onnxq output or float model)."""
+    from .quantize import model_file_bytes
+
+    path = os.fspath(path)
+    model = load_model(path)
+    graph = ModelGraph(model)
+    sizes = _Bytes(model)
+    result = ModelInspection(path=os.path.abspath(path))
+    result.metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith("onnxq.")}
+    result.file_bytes = model_file_bytes(path, model)
+
+    def add(node, op, method, weight, K, N, tensors, role=None, **extra):
+        added, total, owner = sizes.claim([weight, *tensors], node.name)
+        result.layers.append(
+            LayerInfo(
+                name=node.name, op_type=op, method=method,
+                role=role or infer_role(node.name, weight), layer=layer_index(node.name, weight),
+                K=int(K), N=int(N), weight=weight, nbytes=added, weight_bytes=total, shared_with=owner, **extra,
+            )
+        )
+
+    float_sites = {}
+    analysis = find_sites(model)
+    for s in analysis.linear:
+        float_sites[s.name] = s
+    emb_sites = {e.name: e for e in analysis.embeddings}
+
+    for node in model.graph.node:
+        if is_ggml_node(node):
+            a = ggml_node_attributes(node)
+            weight = node.input[1] if node.op_type == MATMUL_OP else node.input[0]
+            add(node, node.op_type, a["quant_type"], weight, a["K"], a["N"], [],
+                role="embedding" if node.op_type != MATMUL_OP else None,
+                tail_type=a["tail_type"], mode=a.get("mode"))
+        elif node.name in float_sites:
+            s = float_sites[node.name]
+            dtype = _DTYPE_NAMES.get(graph.constant_dtype(s.weight), "float")
+            add(node, s.op_type, dtype, s.weight, s.K, s.N, [], role=s.role)
+        elif node.name in emb_sites:
+            e = emb_sites[node.name]
+            dtype = _DTYPE_NAMES.get(graph.constant_dtype(e.table), "float")
+            add(node, "Gather", dtype, e.table, e.K, e.N, [], role="embedding")
+        elif node.op_type == "QLinearMatMul" and len(node.input) >= 6:
+            b = node.input[3]
+            shape = graph.constant_shape(b)
+            if shape and len(shape) == 2:
+                add(node, node.op_type, "int8 W8A8 (QOperator)", b, shape[0], shape[1], node.input[4:6])
+        elif node.op_type == "MatMulInteger" and len(node.input) >= 2:
+            b = node.input[1]
+            shape = graph.constant_shape(b)
+            if shape and len(shape) == 2:
+                zp = node.input[3:4] if len(node.input) > 3 else []
+                add(node, node.op_type, "int8 W8A8 (dynamic)", b, shape[0], shape[1], zp)
+        elif node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
+            bits = int(_attr(node, "bits", 4))
+            add(node, node.op_type, f"MatMulNBits {bits}-bit", node.input[1], _attr(node, "K", 0), _attr(node, "N", 0),
+                [t for t in node.input[2:4]])
+        elif node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2:
+            _qdq_layer(graph, node, add)
+    total = sum(sizes.sizes.values())
+    result.initializer_bytes = total
+    claimed = set(sizes.owner)
+    other = [t for t in model.graph.initializer if t.name not in claimed]
+    result.other_bytes = sum(sizes.sizes[t.name] for t in other)
+    result.other_float32_bytes = sum(
+        (sizes.sizes[t.name] // _itemsize(t.data_type)) * 4 if t.data_type in FLOAT_TYPES else sizes.sizes[t.name]
+        for t in other
+    )
+    return result
+
+
+def _itemsize(data_type: int) -> int:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+def _qdq_layer(graph: ModelGraph, node: onnx.NodeProto, add) -> None:
+    """A MatMul / Gemm whose weight is DequantizeLinear(constant int) (maybe transposed)."""
+    w = node.input[1]
+    producer = graph.producer(w)
+    transposed = False
+    if producer is not None and producer.op_type == "Transpose":
+        transposed = True
+        producer = graph.producer(producer.input[0])
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return
+    q = producer.input[0]
+    if not graph.is_constant(q):
+        return
+    shape = graph.constant_shape(q)
+    if not shape or len(shape) != 2:
+        return
+    if node.op_type == "Gemm" and int(_attr(node, "transB", 0)):
+        transposed = not transposed
+    K, N = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+    x_producer = graph.producer(node.input[0])
+    activations = x_producer is not None and x_producer.op_type == "DequantizeLinear"
+    bits = "int4" if graph.constant_dtype(q) in (TensorProto.INT4, TensorProto.UINT4) else "int8"
+    method = f"{bits} W8A8 (QDQ)" if activations else f"{bits} weight-only (QDQ)"
+    add(node, node.op_type, method, q, K, N, [t for t in producer.input[1:3] if t])

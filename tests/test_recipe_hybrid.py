@@ -1,0 +1,80 @@
+"""Mixed recipes with SmoothQuant layers on a tiny LLaMA (RMSNorm, rotary, GQA, tied head),
+and ``onnxq quantize --method smoothquant``."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxq.cli import main
+from onnxq.errors import CalibrationError
+from onnxq.inspect_model import inspect_model
+from onnxq.quantize import quantize
+from onnxq.runtime import InferenceSession
+from zoo_tiny_gguf import write_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from onnxq.zoo.smollm2 import build_smollm2
+
+    d = tmp_path_factory.mktemp("tiny_llama")
+    gguf_path = write_tiny_llama(d / "t.gguf", n_layers=8, hidden=64, ffn=96)
+    model = build_smollm2(gguf_path, d / "tl.onnx", family="tiny", progress=False)
+    calib = d / "calib.npz"
+    np.savez(calib, input_ids=np.random.default_rng(0).integers(0, 260, (16, 24)).astype(np.int64))
+    return str(model), str(calib)
+
+
+def _rel(path, ref_path, ids):
+    ref = ort.InferenceSession(ref_path, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+    got = InferenceSession(path).run(None, {"input_ids": ids})[0]
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def test_llama_mixed_preset(tiny_llama, tmp_path):
+    model, calib = tiny_llama
+    out = str(tmp_path / "mixed.onnx")
+    report = quantize(model, out, recipe="llama-mixed", calibration_data=calib, progress=False)
+    by_layer = {}
+    for layer in report.layers:
+        by_layer.setdefault(layer.layer, set()).add(layer.method)
+    # 8 blocks: first quarter SmoothQuant, middle half Q6_K, last quarter Q5_0; embedding and head float
+    assert by_layer == {None: {"keep"}, 0: {"smoothquant"}, 1: {"smoothquant"}, 2: {"Q6_K"}, 3: {"Q6_K"},
+                        4: {"Q6_K"}, 5: {"Q6_K"}, 6: {"Q5_0"}, 7: {"Q5_0"}}
+    sq = [l for l in report.layers if l.method == "smoothquant"]
+    # int8 weights + per-channel scales/zero points, read back from the written model
+    assert all(l.nbytes >= l.params for l in sq) and all(l.nbytes < 1.2 * l.params for l in sq)
+    info = inspect_model(out)
+    methods = {row["method"]: row["layers"] for row in info.by_method()}
+    assert methods == {"float32": 2, "int8 W8A8 (QDQ)": 14, "Q6_K": 28, "Q5_0": 14}
+    assert report.smoothquant is not None and len(report.smoothquant.quantized) == 14
+    assert json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["onnxq.recipe"])["name"] == "llama-mixed"
+    ids = np.random.default_rng(1).integers(0, 260, (2, 10)).astype(np.int64)
+    assert _rel(out, model, ids) < 0.3
+    # the skipped list is the float model's, plus what the recipe kept
+    assert {s.op_type for s in report.skipped} == {"MatMul", "Gather"}
+    assert sum("activation x activation" in s.reason for s in report.skipped) == 16
+
+
+def test_smoothquant_layers_need_calibration_data(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    with pytest.raises(CalibrationError, match="needs calibration inputs"):
+        quantize(model, tmp_path / "x.onnx", recipe="llama-mixed", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_method_smoothquant_cli(tiny_llama, tmp_path, capsys):
+    model, calib = tiny_llama
+    out = str(tmp_path / "sq.onnx")
+    assert main(["quantize", model, "-o", out, "--method", "smoothquant", "--calib", calib,
+                 "--alpha", "0.6", "--format", "qoperator", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "SmoothQuant (qoperator): 56 of 56 sites quantized" in text
+    info = inspect_model(out)
+    assert {row["method"] for row in info.by_method()} == {"float32", "int8 W8A8 (QOperator)"}
+    ids = np.random.default_rng(2).integers(0, 260, (1, 12)).astype(np.int64)
+    assert _rel(out, model, ids) < 0.3
+    assert main(["quantize", model, "-o", out + "2", "--method", "smoothquant"]) == 1
+    assert "--calib" in capsys.readouterr().err
