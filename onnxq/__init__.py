@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from ._version import __version__
-from .errors import CalibrationError, ModelError, OnnxqError, OutputPathError, RecipeError
+from .errors import CalibrationError, DataError, ModelError, OnnxqError, OutputPathError, RecipeError
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -22,6 +22,16 @@ _LAZY: dict[str, str] = {
     "InferenceSession": "onnxq.runtime",
     "kernel_isa": "onnxq.runtime",
     "model_needs_library": "onnxq.runtime",
+    "quantize": "onnxq.quantize",
+    "QuantizeReport": "onnxq.quantize",
+    "Recipe": "onnxq.recipe",
+    "load_recipe": "onnxq.recipe",
+    "inspect_model": "onnxq.inspect_model",
+    "ImportanceMatrix": "onnxq.imatrix",
+    "compute_imatrix": "onnxq.imatrix",
+    "SmoothQuantConfig": "onnxq.smoothquant",
+    "SmoothQuantizer": "onnxq.smoothquant",
+    "MigrationAnalyzer": "onnxq.smoothquant",
 }
 
 __all__ = [
@@ -30,6 +40,7 @@ __all__ = [
     "ModelError",
     "CalibrationError",
     "RecipeError",
+    "DataError",
     "OutputPathError",
     *_LAZY,
 ]

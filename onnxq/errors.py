@@ -21,3 +21,8 @@ class RecipeError(OnnxqError, ValueError):
 
 class OutputPathError(OnnxqError, OSError):
     """The output path cannot be written, or would overwrite the input."""
+
+
+class DataError(OnnxqError, ValueError):
+    """Evaluation data (corpus, sentence file, input .npz) is missing, unreadable, empty or
+    does not fit the model."""

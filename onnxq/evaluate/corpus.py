@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
-from ..errors import OnnxqError
+from ..errors import DataError
 
 PathLike = Union[str, os.PathLike]
 
@@ -29,10 +29,6 @@ DEFAULT_CORPUS_SHA256 = "65bb546f1b59934b339f2bf367f57a3c63c80b2d91922ec313e5f8a
 DEFAULT_SENTENCES_FILE = DATA_DIR / "sentences.txt"
 DEFAULT_SENTENCES_NAME = "onnxq-sentences-64"
 DEFAULT_SENTENCES_SHA256 = "617ab609525229d01b7621d066befe6e4684a13bb3d48ff34f7cfd9c6ded35f5"
-
-
-class DataError(OnnxqError, ValueError):
-    """An evaluation corpus or sentence file is missing, unreadable or empty."""
 
 
 def sha256_text(text: str) -> str:
