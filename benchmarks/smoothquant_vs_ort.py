@@ -36,7 +36,7 @@ from onnxq import zoo
 from onnxq.evaluate import evaluate
 from onnxq.calibrate import CalibrationCache, calibrate
 from onnxq.modelio import load_model, model_dir, save_model
-from onnxq.smoothquant import SmoothQuantConfig, apply_smoothquant, required_tensors
+from onnxq.smoothquant import SmoothQuantConfig, apply_smoothquant, quantize_model, required_tensors
 
 L0_DOWN = "/model/layers.0/mlp/down_proj/MatMul"
 EVAL_TOPICS = {"objects", "types", "execmodel", "exceptions"}  # onnxq/data/python-reference-prose.txt
@@ -194,6 +194,16 @@ class OnnxqVariants:
         return build
 
 
+def _select(variants: Dict[str, Callable], only: Optional[str]) -> Dict[str, Callable]:
+    if not only:
+        return variants
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in variants]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants)}")
+    return {k: v for k, v in variants.items() if k in wanted}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,smollm2")
@@ -202,6 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--repeat", type=int, default=15, help="timed runs per model (MiniLM; SmolLM2 a third)")
     ap.add_argument("--max-tokens", type=int, default=4096, help="SmolLM2 perplexity tokens")
     ap.add_argument("--quick", action="store_true", help="fewer variants")
+    ap.add_argument("--only", default=None, help="comma-separated variant labels to run (default: all)")
     args = ap.parse_args(argv)
     models = args.models.split(",")
     all_results: Dict[str, Any] = {"onnxruntime": ort.__version__}
@@ -226,6 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             }
             if args.quick:
                 variants = {k: v for k, v in variants.items() if k in ("onnxq-sq-qdq-a0.5", "onnxq-w8a8-qdq-plain", "ort-static-qdq-perchannel-minmax")}
+            variants = _select(variants, args.only)
             all_results[name] = run_model(name, variants, batches, feeds, {}, work, args.repeat)
             all_results[name]["onnxq-calibration"] = {"seconds": oq.calibration_seconds, "batches": len(batches)}
         if "smollm2" in models:
@@ -240,6 +252,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 # found by the per-layer ablation (see the report): layer 0's down_proj is the
                 # one site whose W8A8 error costs most end to end
                 "onnxq-sq-qdq-auto-L0down-float": oq.make("qdq", "auto", keep_float=[L0_DOWN]),
+                # the same found automatically: quantize_model ranks every site by how much
+                # the output error drops when its activations stay float, keeps the worst one
+                "onnxq-sq-qdq-auto-sensitivity1": lambda s, d: quantize_model(
+                    str(s), str(d), batches, alpha="auto", keep_float_top=1, sensitivity="end-to-end",
+                    sample_rows=256, progress=False),
                 "onnxq-w8a8-qdq-plain": oq.make("qdq", migration_strength=0.0),
                 "onnxq-sq-dynamic-a0.8": oq.make("dynamic", 0.8),
                 "ort-static-qdq-perchannel-minmax": lambda s, d: ort_static(s, d, batches),
@@ -247,6 +264,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             }
             if args.quick:
                 variants = {k: v for k, v in variants.items() if k in ("onnxq-sq-qdq-a0.5", "onnxq-w8a8-qdq-plain")}
+            variants = _select(variants, args.only)
             all_results[name] = run_model(name, variants, batches, feeds, {"max_tokens": args.max_tokens},
                                           work, max(3, args.repeat // 3))
             all_results[name]["onnxq-calibration"] = {"seconds": oq.calibration_seconds, "batches": len(batches)}
