@@ -62,6 +62,8 @@ class TensorStats:
     * ``channel_min`` / ``channel_max`` [C]: per-channel extrema (abs-max via :attr:`absmax`).
     * ``sum_squares`` [C] and ``count`` (rows = product of the leading axes): the mean of
       x² per channel (:meth:`mean_square`), the importance matrix of ggml's imatrix.
+    * ``sum_abs`` [C]: the mean of |x| per channel (:meth:`mean_abs`), the activation
+      salience activation-aware weight scaling (:mod:`onnxq.awq`) uses.
     * ``hist_pos`` / ``hist_neg``: counts of x >= 0 and of -x for x < 0 over
       ``[0, hist_range]`` in ``bins`` equal bins each. The range is a power of two and
       doubles when a batch exceeds it; doubling merges bin pairs exactly (no
@@ -79,6 +81,7 @@ class TensorStats:
     channel_min: Optional[np.ndarray] = None
     channel_max: Optional[np.ndarray] = None
     sum_squares: Optional[np.ndarray] = None
+    sum_abs: Optional[np.ndarray] = None
     hist_pos: Optional[np.ndarray] = None
     hist_neg: Optional[np.ndarray] = None
     hist_range: float = 0.0
@@ -98,6 +101,7 @@ class TensorStats:
             self.channel_min = np.full(self.channels, np.inf, np.float32)
             self.channel_max = np.full(self.channels, -np.inf, np.float32)
             self.sum_squares = np.zeros(self.channels, np.float64)
+            self.sum_abs = np.zeros(self.channels, np.float64)
             self.hist_pos = np.zeros(self.bins, np.int64)
             self.hist_neg = np.zeros(self.bins, np.int64)
         if not np.all(np.isfinite(rows)):
@@ -109,6 +113,7 @@ class TensorStats:
         np.maximum(self.channel_max, rows.max(axis=0), out=self.channel_max)
         r64 = rows.astype(np.float64)
         self.sum_squares += np.einsum("ij,ij->j", r64, r64)
+        self.sum_abs += np.abs(r64).sum(axis=0)
         self.count += rows.shape[0]
         self._update_hist(rows)
 
@@ -200,6 +205,11 @@ class TensorStats:
         """Per-channel mean of x² [C] (float64)."""
         self._require()
         return self.sum_squares / self.count
+
+    def mean_abs(self) -> np.ndarray:
+        """Per-channel mean of |x| [C] (float64)."""
+        self._require()
+        return self.sum_abs / self.count
 
     def _cdf_value(self, q: float) -> float:
         """Value below which a fraction ``q`` of all values fall, by linear interpolation

@@ -10,6 +10,9 @@
   at Q6_K; ``q4_k_s`` / ``q5_k_s`` are the small variants;
 * ``encoder-q6`` / ``encoder-q5``: for BERT-style encoders, where the value projections are
   the most sensitive layers (measured per layer on all-MiniLM-L6-v2);
+* ``encoder-q6-awq``: one type (Q6_K) everywhere plus activation-aware weight scaling
+  (:mod:`onnxq.awq`) when calibration data is given; a post-norm encoder's norms also
+  feed the residual, so the scales go into explicit Muls (one elementwise op per group);
 * ``llama-mixed``: embeddings and head kept in float, the first quarter of the blocks
   SmoothQuant W8A8, the middle half Q6_K, the last quarter Q5_0.
 """
@@ -72,6 +75,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "description": "Q5_0, value projections and FFN at Q6_K (MiniLM: mean cosine 0.997 at 6.0 bpw)",
         "default": "q5_0",
         "rules": [{"role": ["v", "up", "down"], "method": "q6_k"}],
+    },
+    "encoder-q6-awq": {
+        "description": "Q6_K; with --calib/--imatrix-data: AWQ with explicit Muls (MiniLM with an imatrix: "
+                       "mean cosine 0.9992 at 7.11 bpw)",
+        "default": "q6_k",
+        "rules": [],
+        "awq": {"explicit_mul": True},
     },
     "llama-mixed": {
         "description": "embeddings and head float, first quarter SmoothQuant W8A8, middle half Q6_K, last quarter Q5_0",

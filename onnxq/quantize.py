@@ -1,7 +1,8 @@
 """``onnxq.quantize``: quantize an ONNX model file with a GGML type or a recipe.
 
 load (lazily) -> analyze -> plan (recipe) -> [SmoothQuant sites, in memory]
--> [importance matrix: calibrate the float model] -> GGML pass (streamed) -> atomic save.
+-> [importance matrix: calibrate the float model] -> [AWQ: activation-aware input scaling
+of the GGML sites, folded into the producers] -> GGML pass (streamed) -> atomic save.
 
 The input is never modified; the output is written to temporary files and renamed into
 place only when complete; the same input, recipe and imatrix give byte-identical output.
@@ -42,6 +43,7 @@ PathLike = Union[str, os.PathLike]
 VERSION_KEY = "onnxq.version"
 RECIPE_KEY = "onnxq.recipe"
 IMATRIX_KEY = "onnxq.imatrix"
+AWQ_KEY = "onnxq.awq"
 #: the recipe ``onnxq quantize`` uses when given neither --type nor --recipe (see the demo)
 DEFAULT_RECIPE = "q5_k_m"
 
@@ -75,6 +77,7 @@ class QuantizeReport:
     seconds: float = 0.0
     imatrix_tensors: int = 0
     smoothquant: Any = None
+    awq: Any = None
 
     # -- summaries
     def by_method(self) -> List[TypeSummary]:
@@ -130,6 +133,8 @@ class QuantizeReport:
             )
         ratio = f" ({self.size_ratio:.2f}x smaller)" if self.size_ratio else ""
         lines.append(f"model file: {_size(self.input_bytes)} -> {_size(self.output_bytes)}{ratio}")
+        if self.awq is not None:
+            lines.append(self.awq.summary())
         if self.skipped:
             lines.append("skipped: " + summarize_skipped(self.skipped))
         return "\n".join(lines)
@@ -163,6 +168,7 @@ class QuantizeReport:
             "skipped": [{"node": s.node, "op_type": s.op_type, "reason": s.reason} for s in self.skipped],
             "warnings": list(self.warnings),
             "smoothquant": self.smoothquant.to_dict() if self.smoothquant is not None else None,
+            "awq": self.awq.to_dict() if self.awq is not None else None,
         }
 
 
@@ -251,6 +257,7 @@ def quantize(
     save_imatrix: Optional[PathLike] = None,
     calibration_data: Any = None,
     smoothquant_options: Optional[Mapping[str, Any]] = None,
+    awq: Any = None,
     threads: Optional[int] = None,
     calibration_batches: Optional[int] = None,
     external_data: Optional[bool] = None,
@@ -268,7 +275,12 @@ def quantize(
             ``.npz`` saved by :meth:`ImportanceMatrix.save`.
         imatrix: a ready importance matrix (object, mapping or saved ``.npz``).
         save_imatrix: write the importance matrix used to this ``.npz``.
-        calibration_data: inputs for SmoothQuant layers of a recipe (defaults to ``imatrix_data``).
+        calibration_data: inputs for SmoothQuant layers of a recipe and for AWQ (defaults
+            to ``imatrix_data``).
+        awq: activation-aware weight scaling of the GGML layers (:mod:`onnxq.awq`): True,
+            a dict of :class:`~onnxq.awq.AWQConfig` fields, or False to turn off a recipe's
+            ``awq``. None: as the recipe says (a recipe's awq runs only when calibration
+            data is given; ``awq=True`` without data is an error).
         threads: codec threads (None: all cores).
         external_data: store weights in ``<output>.data`` (None: when the input does or
             the weights are large).
@@ -296,6 +308,17 @@ def quantize(
         raise RecipeError(f"recipe {chosen.name!r} keeps every layer of {in_path}: nothing to quantize")
     warnings = list(the_plan.warnings)
     sq_report = None
+    awq_config, awq_explicit = _awq_config(awq, chosen)
+    awq_data = calibration_data if calibration_data is not None else imatrix_data
+    if awq_data is not None and isinstance(awq_data, (str, os.PathLike)) and is_imatrix_file(awq_data):
+        awq_data = None
+    if awq_config is not None and awq_data is None:
+        if awq_explicit:
+            raise CalibrationError(
+                "awq needs calibration inputs (activations of the layers it scales): pass --calib DATA.npz "
+                "(or --imatrix-data DATA.npz with model inputs)")
+        warnings.append(f"recipe {chosen.name!r} asks for awq, but no calibration data was given: awq skipped")
+        awq_config = None
 
     if any(d.method.kind == SMOOTHQUANT for d in the_plan.decisions):
         from .hybrid import apply_recipe_smoothquant
@@ -312,7 +335,7 @@ def quantize(
             model, analysis, the_plan, data, base_dir=base_dir, options=smoothquant_options or {},
             max_batches=calibration_batches, progress=progress,
         )
-        analysis, the_plan = _replan_after_smoothquant(model, the_plan)
+        analysis, the_plan = _replan(model, the_plan, "SmoothQuant")
     else:
         sq_layers = []
 
@@ -320,7 +343,12 @@ def quantize(
     tensors = [sites[d.site].input for d in the_plan.decisions if d.method.kind == GGML and d.site in sites]
     imx = _get_imatrix(model, base_dir, tensors, imatrix, imatrix_data, calibration_batches, progress)
     if imx is not None and save_imatrix is not None:
-        imx.save(save_imatrix)
+        imx.save(save_imatrix)  # of the model as given, so that it can be reused
+
+    awq_report = None
+    if awq_config is not None:
+        model, analysis, the_plan, imx, awq_report = _run_awq(
+            model, analysis, the_plan, awq_data, awq_config, imx, base_dir, calibration_batches, threads, progress)
 
     if external_data is None:
         weights = sum(tensor_nbytes(t) for t in model.graph.initializer)
@@ -338,6 +366,8 @@ def quantize(
         if imx is not None:
             rows = max(imx.counts.values()) if imx.counts else 0
             meta[IMATRIX_KEY] = json.dumps({"tensors": len(imx), "rows": rows}, sort_keys=True)
+        if awq_report is not None:
+            meta[AWQ_KEY] = awq_report.metadata()
         _set_metadata(result.model, meta)
         writer.write(result.model)
 
@@ -354,15 +384,51 @@ def quantize(
         output_bytes=model_file_bytes(out_path, result.model),
         imatrix_tensors=len(imx) if imx is not None else 0,
         smoothquant=sq_report,
+        awq=awq_report,
     )
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _replan_after_smoothquant(model: onnx.ModelProto, old: Plan):
-    """Re-analyze the smoothed model and carry the GGML / keep decisions over by node name
+def _awq_config(awq: Any, recipe: Recipe):
+    """(AWQConfig or None, whether the caller asked for it explicitly)."""
+    from .awq import AWQConfig
+
+    if awq is False:
+        return None, False
+    if awq is not None:
+        return AWQConfig.from_options(awq), True
+    if recipe.awq:
+        return AWQConfig.from_options(recipe.awq_options), False
+    return None, False
+
+
+def _run_awq(model, analysis, the_plan, data, config, imx, base_dir, max_batches, threads, progress):
+    """Calibrate the group inputs, scale and fold (in memory), re-analyze, and carry the
+    importance matrix over to the scaled inputs (the imatrix of X / s is imatrix / s²)."""
+    from .awq import apply_awq, awq_tensors, calibrate_for_awq
+
+    tensors = awq_tensors(analysis, the_plan)
+    stats = calibrate_for_awq(model, tensors, data, config, base_dir=base_dir, max_batches=max_batches,
+                              progress=progress)
+    report, scaled = apply_awq(model, analysis, the_plan, stats, config, imatrix=imx.values if imx else None,
+                               base_dir=base_dir, threads=threads, progress=progress)
+    analysis, the_plan = _replan(model, the_plan, "AWQ")
+    if imx is not None and scaled:
+        values, counts = dict(imx.values), dict(imx.counts)
+        for x, new_x, s in scaled:
+            if x in imx.values:
+                values[new_x] = (imx.values[x] / np.square(s.astype(np.float64))).astype(np.float32)
+                if x in imx.counts:
+                    counts[new_x] = imx.counts[x]
+        imx = ImportanceMatrix(values, counts)
+    return model, analysis, the_plan, imx, report
+
+
+def _replan(model: onnx.ModelProto, old: Plan, step: str = "SmoothQuant"):
+    """Re-analyze the rewritten model and carry the GGML / keep decisions over by node name
     (SmoothQuant rewrote its own sites; the others keep their names, their weights may
-    have been smoothed in float)."""
+    have been smoothed or scaled in float)."""
     analysis = find_sites(model)
     decisions = {d.site: d for d in old.decisions if d.method.kind != SMOOTHQUANT}
     new = Plan(old.recipe, warnings=list(old.warnings))
@@ -374,7 +440,7 @@ def _replan_after_smoothquant(model: onnx.ModelProto, old: Plan):
             found.add(site.name)
     missing = [name for name in decisions if name not in found]
     if missing:
-        raise ModelError(f"after SmoothQuant, layer {missing[0]!r} is no longer a linear site of the model")
+        raise ModelError(f"after {step}, layer {missing[0]!r} is no longer a linear site of the model")
     analysis.linear = [s for s in analysis.linear if s.name in found]
     analysis.embeddings = [s for s in analysis.embeddings if s.name in found]
     return analysis, new

@@ -18,6 +18,10 @@ A method is ``keep`` (float), ``smoothquant`` (W8A8, delegated to
 ``none`` pads to 256 instead) and ``mode`` (``exact``: float activations; ``fast``:
 activations quantized to 8-bit blocks as ggml does).
 
+A recipe may also ask for activation-aware weight scaling of its GGML layers before
+packing (``"awq": true`` or a mapping of :class:`onnxq.awq.AWQConfig` fields); it runs
+when calibration data is given.
+
 Recipes come from a dict, a JSON or YAML file, or a built-in preset name
 (:mod:`onnxq.presets`). Everything is validated up front: bad input raises
 :class:`~onnxq.errors.RecipeError` naming the rule and the field.
@@ -48,7 +52,7 @@ MODES = ("exact", "fast")
 DEFAULT_MODE = "exact"
 
 _RULE_KEYS = ("match", "regex", "role", "layers", "method", "tail_type", "mode", "alpha", "comment")
-_TOP_KEYS = ("name", "description", "default", "mode", "rules")
+_TOP_KEYS = ("name", "description", "default", "mode", "rules", "awq")
 _METHOD_KEYS = ("method", "tail_type", "mode", "alpha")
 
 # ----------------------------------------------------------------------------- methods
@@ -402,6 +406,13 @@ class Recipe:
     description: Optional[str] = None
     #: a built-in preset: its generic rules (e.g. a fused qkv) may match nothing without a warning
     builtin: bool = False
+    #: AWQ before packing: False, True, or AWQConfig fields as sorted (key, value) pairs
+    awq: Any = False
+
+    @property
+    def awq_options(self) -> Any:
+        """False, True or a dict of AWQ settings."""
+        return dict(self.awq) if isinstance(self.awq, tuple) else bool(self.awq)
 
     def with_mode(self, mode: Optional[str]) -> "Recipe":
         """The recipe with its global mode replaced (rules that name a mode keep it)."""
@@ -409,7 +420,7 @@ class Recipe:
             return self
         if mode not in MODES:
             raise RecipeError(f"mode {mode!r} must be one of {', '.join(MODES)}")
-        return Recipe(self.name, self.default, self.rules, mode, self.description, self.builtin)
+        return Recipe(self.name, self.default, self.rules, mode, self.description, self.builtin, self.awq)
 
     def to_dict(self) -> Dict[str, Any]:
         """The canonical JSON-able form (what ``onnxq.recipe`` metadata records)."""
@@ -417,6 +428,8 @@ class Recipe:
         if self.description:
             out["description"] = self.description
         out["rules"] = [r.to_dict() for r in self.rules]
+        if self.awq:
+            out["awq"] = self.awq_options
         return out
 
     def to_json(self) -> str:
@@ -445,7 +458,19 @@ def recipe_from_dict(spec: Mapping[str, Any], name: Optional[str] = None) -> Rec
         raise RecipeError(f"recipe: 'rules' must be a list, got {type(rules_spec).__name__}")
     rules = tuple(parse_rule(r, i) for i, r in enumerate(rules_spec))
     recipe_name = name or spec.get("name") or "custom"
-    return Recipe(str(recipe_name), default, rules, mode, spec.get("description"))
+    return Recipe(str(recipe_name), default, rules, mode, spec.get("description"), awq=_parse_awq(spec.get("awq", False)))
+
+
+def _parse_awq(value: Any) -> Any:
+    """A recipe's ``awq``: a bool or a mapping of AWQ settings (validated), stored hashable."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"recipe: awq must be true, false or a mapping of AWQ settings, got {value!r}")
+    from .awq import AWQConfig
+
+    AWQConfig.from_options(value)  # validates, raises RecipeError
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in value.items()))
 
 
 def single_type_recipe(qtype: str, mode: Optional[str] = None) -> Recipe:

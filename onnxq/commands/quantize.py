@@ -34,7 +34,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "matrix, or an imatrix .npz saved with --save-imatrix")
     parser.add_argument("--save-imatrix", metavar="FILE.npz", help="save the importance matrix for reuse")
     parser.add_argument("--calib", metavar="DATA",
-                        help="calibration inputs (.npz) for SmoothQuant (whole model or recipe layers)")
+                        help="calibration inputs (.npz) for SmoothQuant (whole model or recipe layers) and --awq")
+    parser.add_argument("--awq", action="store_true",
+                        help="activation-aware weight scaling of the GGML layers before packing (needs --calib "
+                             "or --imatrix-data with model inputs); 1/s is folded into the producing norm/Mul")
+    parser.add_argument("--awq-explicit-mul", action="store_true",
+                        help="with --awq: where no producer can absorb 1/s (e.g. BERT post-norm blocks), insert "
+                             "Mul(X, 1/s) in front of the layers (one extra elementwise op per group)")
     parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
     parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
@@ -63,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxqError(f"--threads must be >= 1, got {args.threads}")
     if args.calib_batches is not None and args.calib_batches < 1:
         raise OnnxqError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+    if args.awq_explicit_mul and not args.awq:
+        raise OnnxqError("--awq-explicit-mul is an option of --awq")
     if args.method == "smoothquant":
+        if args.awq:
+            raise OnnxqError("--awq applies to GGML layers, not --method smoothquant")
         return _run_smoothquant(args)
     if args.alpha is not None or args.format is not None:
         if not args.recipe:
@@ -85,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         save_imatrix=args.save_imatrix,
         calibration_data=args.calib,
         smoothquant_options=sq_options,
+        awq=({"explicit_mul": True} if args.awq_explicit_mul else True) if args.awq else None,
         threads=args.threads,
         calibration_batches=args.calib_batches,
         progress=not args.quiet,
@@ -93,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{report.input} -> {report.output}  (recipe {report.recipe.name}, {report.seconds:.1f} s"
           + (f", imatrix over {report.imatrix_tensors} inputs" if report.imatrix_tensors else "") + ")")
+    if report.awq is not None and not args.quiet:
+        print(report.awq.to_text())
     print(report.table())
     if args.report:
         with open(args.report, "w", encoding="utf-8") as fh:
