@@ -36,7 +36,7 @@ from onnxq import zoo
 from onnxq.evaluate import evaluate
 from onnxq.calibrate import CalibrationCache, calibrate
 from onnxq.modelio import load_model, model_dir, save_model
-from onnxq.smoothquant import SmoothQuantConfig, apply_smoothquant, quantize_model, required_tensors
+from onnxq.smoothquant import SmoothQuantConfig, apply_smoothquant, required_tensors
 
 L0_DOWN = "/model/layers.0/mlp/down_proj/MatMul"
 EVAL_TOPICS = {"objects", "types", "execmodel", "exceptions"}  # onnxq/data/python-reference-prose.txt
@@ -252,11 +252,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 # found by the per-layer ablation (see the report): layer 0's down_proj is the
                 # one site whose W8A8 error costs most end to end
                 "onnxq-sq-qdq-auto-L0down-float": oq.make("qdq", "auto", keep_float=[L0_DOWN]),
-                # the same found automatically: quantize_model ranks every site by how much
-                # the output error drops when its activations stay float, keeps the worst one
-                "onnxq-sq-qdq-auto-sensitivity1": lambda s, d: quantize_model(
-                    str(s), str(d), batches, alpha="auto", keep_float_top=1, sensitivity="end-to-end",
-                    sample_rows=256, progress=False),
                 "onnxq-w8a8-qdq-plain": oq.make("qdq", migration_strength=0.0),
                 "onnxq-sq-dynamic-a0.8": oq.make("dynamic", 0.8),
                 "ort-static-qdq-perchannel-minmax": lambda s, d: ort_static(s, d, batches),

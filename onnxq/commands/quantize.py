@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "or --imatrix-data with model inputs); 1/s is folded into the producing norm/Mul")
     parser.add_argument("--awq-explicit-mul", action="store_true",
                         help="with --awq: where no producer can absorb 1/s (e.g. BERT post-norm blocks), insert "
-                             "Mul(X, 1/s) in front of the layers (one extra elementwise op per group)")
+                             "Mul(X, 1/s) in front of the layers (one extra elementwise op per quantized layer)")
     parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
     parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
