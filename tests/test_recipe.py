@@ -211,3 +211,20 @@ def test_q4_k_m_preset_on_bert_and_decoder():
     assert {bert.site(d.site).role: d.method.qtype for d in p.decisions}["v"] == "Q6_K"  # layer 0 of 1
     assert set(PRESETS) >= {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m",
                             "llama-mixed"}
+
+
+@pytest.mark.parametrize("name", ["mixed_recipe.yaml", "smoothquant_keep_one.yaml"])
+def test_example_recipes_load_and_plan_without_warnings(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / name
+    analysis = find_sites(tiny_decoder(layers=8))
+    result = plan(analysis, load_recipe(str(path)), smoothquant_available=True)
+    assert result.warnings == []
+    by = {d.site: d for d in result.decisions}
+    if name == "smoothquant_keep_one.yaml":
+        kept = {s.name for s in analysis.linear if by[s.name].method.kind == KEEP}
+        down0 = [s.name for s in analysis.linear if s.role == "down" and s.layer == 0]
+        heads = [s.name for s in analysis.linear if s.role == "head"]
+        assert kept == set(down0) | set(heads) and len(down0) == 1
+        assert all(by[s.name].method.kind == "smoothquant" for s in analysis.linear if s.name not in kept)
