@@ -121,10 +121,12 @@ class QuantizeReport:
                 bpw = f"{row.bits_per_weight:.3f}" if row.bits_per_weight else "-"
                 lines.append(f"{row.method:<12}{row.layers:>7}{_count(row.params):>12}{_size(row.nbytes):>12}{bpw:>8}")
         bpw = f"{self.bits_per_weight:.3f}" if self.bits_per_weight else "-"
-        lines.append(
-            f"{'ggml total':<12}{sum(r.layers for r in self.by_method() if r.method not in (KEEP, SMOOTHQUANT)):>7}"
-            f"{_count(self.quantized_params):>12}{_size(self.quantized_bytes):>12}{bpw:>8}"
-        )
+        ggml_layers = sum(r.layers for r in self.by_method() if r.method not in (KEEP, SMOOTHQUANT))
+        if ggml_layers:  # a SmoothQuant-only run has no GGML total to show
+            lines.append(
+                f"{'ggml total':<12}{ggml_layers:>7}"
+                f"{_count(self.quantized_params):>12}{_size(self.quantized_bytes):>12}{bpw:>8}"
+            )
         float_bytes = 4 * self.quantized_params
         if self.quantized_bytes:
             lines.append(
