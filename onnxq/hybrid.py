@@ -93,8 +93,13 @@ def run_smoothquant_cli(args: argparse.Namespace) -> int:
         options["alpha"] = _alpha(args.alpha)
     if args.format is not None:
         options["format"] = args.format
+    recipe: Any = smoothquant_recipe()
+    if getattr(args, "keep", None):
+        from .recipe import load_recipe, with_keep_rules
+
+        recipe = with_keep_rules(load_recipe(recipe), args.keep)
     report = quantize(
-        args.input, args.output, recipe=smoothquant_recipe(), calibration_data=args.calib,
+        args.input, args.output, recipe=recipe, calibration_data=args.calib,
         smoothquant_options=options, calibration_batches=args.calib_batches, progress=not args.quiet,
     )
     for warning in report.warnings:

@@ -481,6 +481,19 @@ def single_type_recipe(qtype: str, mode: Optional[str] = None) -> Recipe:
     return Recipe(method.qtype.lower(), method, (), mode or DEFAULT_MODE)
 
 
+def with_keep_rules(recipe: Recipe, patterns: Iterable[str]) -> Recipe:
+    """``recipe`` plus one last rule per glob: sites whose node or weight name matches stay
+    float (``onnxq quantize --keep``). Being last, these rules override the recipe's own."""
+    from dataclasses import replace
+
+    rules = list(recipe.rules)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise RecipeError(f"a keep pattern must be a non-empty glob, got {pattern!r}")
+        rules.append(parse_rule({"match": pattern, "method": KEEP, "comment": "--keep"}, len(rules)))
+    return replace(recipe, rules=tuple(rules))
+
+
 def load_recipe(source: Union[str, os.PathLike, Mapping[str, Any], Recipe]) -> Recipe:
     """A recipe from a :class:`Recipe`, a dict, a .json / .yaml file, or a preset name."""
     if isinstance(source, Recipe):

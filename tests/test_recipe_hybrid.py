@@ -78,3 +78,25 @@ def test_method_smoothquant_cli(tiny_llama, tmp_path, capsys):
     assert _rel(out, model, ids) < 0.3
     assert main(["quantize", model, "-o", out + "2", "--method", "smoothquant"]) == 1
     assert "--calib" in capsys.readouterr().err
+
+
+def test_keep_globs_leave_layers_float_in_both_methods(tiny_llama, tmp_path, capsys):
+    model, calib = tiny_llama
+    out = str(tmp_path / "sq-keep.onnx")
+    assert main(["quantize", model, "-o", out, "--method", "smoothquant", "--calib", calib, "--alpha", "0.6",
+                 "--keep", "*layers.0/mlp/down_proj*", "--keep", "*layers.7/self_attn/o_proj*", "-q"]) == 0
+    assert "SmoothQuant (qdq): 54 of 54 sites quantized" in capsys.readouterr().out
+    kept = {l.name for l in inspect_model(out).layers if l.method == "float32"}
+    assert {n for n in kept if "layers." in n} == {"/model/layers.0/mlp/down_proj/MatMul",
+                                                  "/model/layers.7/self_attn/o_proj/MatMul"}
+    recipe = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["onnxq.recipe"])
+    assert [r["match"] for r in recipe["rules"] if r.get("comment") == "--keep"] == [
+        ["*layers.0/mlp/down_proj*"], ["*layers.7/self_attn/o_proj*"]]
+    out2 = str(tmp_path / "q4-keep.onnx")
+    assert main(["quantize", model, "-o", out2, "--type", "q4_0", "--keep", "*mlp/down_proj*",
+                 "--keep", "*nothing*", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "match=*nothing*" in captured.err  # a glob that matches nothing is a warning
+    layers = inspect_model(out2).layers
+    assert {l.method for l in layers if "down_proj" in l.name} == {"float32"}
+    assert {l.method for l in layers if "up_proj" in l.name} == {"Q4_0"}

@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--awq-explicit-mul", action="store_true",
                         help="with --awq: where no producer can absorb 1/s (e.g. BERT post-norm blocks), insert "
                              "Mul(X, 1/s) in front of the layers (one extra elementwise op per quantized layer)")
+    parser.add_argument("--keep", action="append", metavar="GLOB", default=[],
+                        help="leave layers whose node or weight name matches GLOB in float (repeatable; "
+                             "overrides the recipe, e.g. --keep '*layers.0/mlp/down_proj*')")
     parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
     parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
@@ -85,11 +88,17 @@ def run(args: argparse.Namespace) -> int:
         sq_options["alpha"] = _alpha(args.alpha)
     if args.format is not None:
         sq_options["format"] = args.format
+    qtype, recipe = args.type, args.recipe
+    if args.keep:
+        from ..quantize import resolve_recipe
+        from ..recipe import with_keep_rules
+
+        qtype, recipe = None, with_keep_rules(resolve_recipe(args.type, args.recipe, args.mode), args.keep)
     report = quantize(
         args.input,
         args.output,
-        type=args.type,
-        recipe=args.recipe,
+        type=qtype,
+        recipe=recipe,
         mode=args.mode,
         imatrix_data=args.imatrix_data,
         save_imatrix=args.save_imatrix,
