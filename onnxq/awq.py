@@ -294,18 +294,19 @@ def apply_awq(
     rows. ``imatrix``: mean x² per group input (weights the search like the packing).
     Returns the report and ``[(old input, new input, s)]`` for every scaled group, so the
     caller can carry an importance matrix over (the imatrix of X / s is imatrix / s²)."""
-    from .smoothquant.folding import FoldContext, LinearOutputMulRule, _all_names, insert_explicit_mul, match_fold
-    from .smoothquant.pass_ import _prune_initializers, _topological_sort, _Weights
+    from .graph_edit import all_names, prune_initializers, topological_sort
+    from .smoothquant.folding import FoldContext, LinearOutputMulRule, insert_explicit_mul, match_fold
+    from .smoothquant.pass_ import SiteWeights
 
     config = config or AWQConfig()
     report = AWQReport(config)
     targets = _targets(analysis, plan)
     graph = ModelGraph(model)
-    weights = _Weights(model, graph, base_dir)
+    weights = SiteWeights(model, graph, base_dir)
     ctx = FoldContext(
         model=model, graph=graph, sites_by_output={s.output: s for s in analysis.linear},
         float_weights=weights.weight, float_biases=weights.bias, set_site_weight=weights.set,
-        base_dir=base_dir, taken=_all_names(model),
+        base_dir=base_dir, taken=all_names(model),
     )
     planned: List[Tuple[AWQGroup, List[LinearSite], Any]] = []
     for x, gsites in input_groups(analysis.linear).items():
@@ -393,8 +394,8 @@ def apply_awq(
         bar.close()
     weights.write_back(ctx)
     if any(g.fold == "explicit-mul" for g in report.groups):
-        _topological_sort(model)
-    _prune_initializers(model)
+        topological_sort(model)
+    prune_initializers(model)
     return report, scaled
 
 

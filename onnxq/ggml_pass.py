@@ -19,7 +19,7 @@ one tensor plus its blocks. Float initializers no node uses any more are dropped
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
@@ -28,7 +28,7 @@ from onnx import NodeProto, TensorProto, helper
 from .analyze import Analysis, EmbeddingSite, LinearSite, ModelGraph, Skipped
 from .errors import ModelError
 from .ggml_ops import make_ggml_gather_node, make_ggml_matmul_node, onnxq_opset, row_bytes
-from .recipe import DEFAULT_MODE, GGML, Decision, Plan
+from .recipe import DEFAULT_MODE, GGML, Plan
 
 #: float32 bytes of weight rows packed per codec call (bounds the temporary float copy)
 CHUNK_BYTES = 64 << 20

@@ -135,7 +135,7 @@ class ModelInspection:
         for l in self.layers:
             name = l.name if len(l.name) <= w else "…" + l.name[-(w - 1):]
             method = l.method + (f"+{l.tail_type}" if l.tail_type else "")
-            size = f"(shared)" if l.shared_with else _size(l.nbytes)
+            size = "(shared)" if l.shared_with else _size(l.nbytes)
             lines.append(f"{name:<{w}}  {l.role:<9}{method:<18}{f'{l.K}x{l.N}':>14}{size:>12}{l.bits_per_weight:>8.3f}")
         lines.append("")
         lines.append(f"{'method':<20}{'layers':>7}{'params':>14}{'bytes':>12}{'bpw':>8}")

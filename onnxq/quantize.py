@@ -30,7 +30,6 @@ from .modelio import (
     EXTERNAL_DATA_THRESHOLD,
     ModelWriter,
     check_output_path,
-    external_data_path,
     is_external,
     load_model,
     model_dir,

@@ -30,7 +30,7 @@ DEFAULT_MAX_TOKENS = 2048
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"onnxq.zoo model: smollm2-135m (default), all-minilm-l6-v2")
+                        help="onnxq.zoo model: smollm2-135m (default), all-minilm-l6-v2")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--recipe", help=f"preset or recipe file (default {DEFAULT_RECIPE}; encoder-q6 for all-minilm-l6-v2)")
     what.add_argument("--type", help="one GGML type everywhere instead of a recipe (q4_0 ... q6_k)")

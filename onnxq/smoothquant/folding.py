@@ -26,13 +26,14 @@ place: the folded node gets a new initializer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
 from ..analyze import LinearSite, ModelGraph
+from ..graph_edit import all_names, unique_name
 
 __all__ = [
     "FoldContext",
@@ -47,28 +48,6 @@ __all__ = [
     "insert_explicit_mul",
     "unique_name",
 ]
-
-
-def unique_name(model: onnx.ModelProto, base: str, taken: Optional[set] = None) -> str:
-    """A tensor/initializer/node name not used in the model (``taken`` caches the set)."""
-    if taken is None:
-        taken = _all_names(model)
-    name, i = base, 1
-    while name in taken:
-        name = f"{base}_{i}"
-        i += 1
-    taken.add(name)
-    return name
-
-
-def _all_names(model: onnx.ModelProto) -> set:
-    g = model.graph
-    names = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
-    for n in g.node:
-        names.add(n.name)
-        names.update(n.input)
-        names.update(n.output)
-    return names
 
 
 @dataclass
@@ -95,7 +74,7 @@ class FoldContext:
         orig_dtype = self.graph.constant_dtype(old)
         np_dtype = dtype or (helper.tensor_dtype_to_np_dtype(orig_dtype) if orig_dtype else np.float32)
         if self.taken is None:
-            self.taken = _all_names(self.model)
+            self.taken = all_names(self.model)
         name = unique_name(self.model, f"{old}_smoothed", self.taken)
         self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value).astype(np_dtype), name))
         node.input[index] = name
@@ -327,7 +306,7 @@ def _channel_preserving_reshape_input(ctx: FoldContext, x: str, k: int) -> Optio
 def insert_explicit_mul(ctx: FoldContext, x: str, s: np.ndarray, consumers: Sequence[NodeProto], label: str) -> str:
     """Add ``X' = Mul(X, 1/s)`` and point ``consumers`` at X'; returns X'."""
     if ctx.taken is None:
-        ctx.taken = _all_names(ctx.model)
+        ctx.taken = all_names(ctx.model)
     inv = unique_name(ctx.model, f"{label}/smooth_inv_scale", ctx.taken)
     out = unique_name(ctx.model, f"{label}/smoothed_input", ctx.taken)
     node_name = unique_name(ctx.model, f"{label}/SmoothMul", ctx.taken)

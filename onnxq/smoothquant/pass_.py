@@ -18,7 +18,6 @@ Per group of sites sharing an input X (q/k/v after one norm, gate/up after one n
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -29,9 +28,10 @@ from onnx import TensorProto
 from ..analyze import LinearSite, ModelGraph, bias_vector, find_sites, input_groups, weight_matrix_kn
 from ..calibrate import CalibrationCache, TensorStats, calibrate
 from ..errors import CalibrationError, ModelError
+from ..graph_edit import all_names, prune_initializers, remove_nodes, topological_sort
 from .config import SmoothQuantConfig
 from .emit import FORMATS, Emitter, SiteQuant
-from .folding import Fold, FoldContext, LinearOutputMulRule, _all_names, insert_explicit_mul, match_fold
+from .folding import Fold, FoldContext, LinearOutputMulRule, insert_explicit_mul, match_fold
 from .migration import AlphaChoice, MigrationAnalyzer, Metric, relative_mse, smoothing_scales, weight_row_absmax
 from .quant import ActivationQParams, activation_qparams, quantize_weight
 
@@ -146,87 +146,6 @@ def _opset(model: onnx.ModelProto, domain: str = "") -> Optional[int]:
     return None
 
 
-def _topological_sort(model: onnx.ModelProto) -> None:
-    """Reorder the main graph's nodes so that producers come first (stable)."""
-    g = model.graph
-    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
-    nodes = list(g.node)
-    producers: Dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for o in n.output:
-            producers[o] = i
-    deps = []
-    for i, n in enumerate(nodes):
-        # subgraph inputs from the outer scope also count as dependencies
-        needed = set(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                needed |= _outer_refs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    needed |= _outer_refs(sg)
-        deps.append({producers[t] for t in needed if t in producers and t not in available and producers[t] != i})
-    users: Dict[int, List[int]] = {i: [] for i in range(len(nodes))}
-    indeg = [len(d) for d in deps]
-    for i, d in enumerate(deps):
-        for j in d:
-            users[j].append(i)
-    import heapq
-
-    ready = [i for i, d in enumerate(indeg) if d == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):
-        raise ModelError("the rewritten graph has a cycle (internal error in the SmoothQuant pass)")
-    sorted_nodes = [nodes[i] for i in order]
-    del g.node[:]
-    g.node.extend(sorted_nodes)
-
-
-def _outer_refs(graph: onnx.GraphProto) -> set:
-    refs = set()
-    for n in graph.node:
-        refs.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                refs |= _outer_refs(a.g)
-    return refs
-
-
-def _prune_initializers(model: onnx.ModelProto) -> None:
-    """Drop initializers nothing reads any more (replaced float weights)."""
-    g = model.graph
-    used = {o.name for o in g.output} | {i.name for i in g.input}
-    stack = [g]
-    while stack:
-        graph = stack.pop()
-        for n in graph.node:
-            used.update(n.input)
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    stack.append(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(a.graphs)
-    keep = [t for t in g.initializer if t.name in used]
-    if len(keep) != len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(keep)
-
-
-def _remove_nodes(model: onnx.ModelProto, names: Iterable[str]) -> None:
-    drop = set(names)
-    keep = [n for n in model.graph.node if n.name not in drop]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-
-
 # ----------------------------------------------------------------------------- the pass
 
 
@@ -242,7 +161,7 @@ class _Group:
     errors: Dict[str, tuple] = field(default_factory=dict)
 
 
-class _Weights:
+class SiteWeights:
     """Float weights [K, N] and biases of the sites, read once, changed by folds, written
     back (in stored orientation) for sites that stay float."""
 
@@ -377,7 +296,7 @@ def apply_smoothquant(
         else:
             target_names.add(t.name)
 
-    weights = _Weights(model, graph, base_dir)
+    weights = SiteWeights(model, graph, base_dir)
     ctx = FoldContext(
         model=model,
         graph=graph,
@@ -386,7 +305,7 @@ def apply_smoothquant(
         float_biases=weights.bias,
         set_site_weight=weights.set,
         base_dir=base_dir,
-        taken=_all_names(model),
+        taken=all_names(model),
     )
 
     groups: List[_Group] = []
@@ -527,9 +446,9 @@ def apply_smoothquant(
                                               output_divisor.get(site.name), config)
                 emitter.emit(SiteQuant(site, g.x_smoothed, qw, weights.bias(site), act, out_act))
                 replaced.extend(site.nodes)
-        _remove_nodes(model, replaced)
-    _topological_sort(model)
-    _prune_initializers(model)
+        remove_nodes(model, replaced)
+    topological_sort(model)
+    prune_initializers(model)
 
     for g in groups:
         act_q = None

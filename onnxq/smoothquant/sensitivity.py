@@ -61,9 +61,9 @@ def _switchable(model: onnx.ModelProto, sites: Sequence[str]) -> tuple[onnx.Mode
         m.graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
         switches[site] = flag
     m.graph.node.extend(new_nodes)
-    from .pass_ import _topological_sort
+    from ..graph_edit import topological_sort
 
-    _topological_sort(m)
+    topological_sort(m)
     return m, switches
 
 
