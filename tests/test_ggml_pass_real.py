@@ -84,3 +84,22 @@ def test_demo_command_on_minilm(minilm, tmp_path, capsys):
     numbers = json.loads((tmp_path / "demo.json").read_text())
     assert numbers["cosine_mean"] > 0.999 and numbers["quantized_bytes"] < numbers["float_bytes"] / 3
     assert (tmp_path / "all-minilm-l6-v2-encoder-q6.onnx").is_file()
+
+
+def test_demo_command_on_smollm2_reports_decode_speed(smollm2, tmp_path, capsys):
+    """The main job on the default model (short evaluation): size, quality, prefill time and
+    token-by-token decoding of the KV-cache twin quantized with the same recipe."""
+    import json
+
+    from onnxq.cli import main
+
+    assert main(["demo", "--max-tokens", "128", "--out-dir", str(tmp_path), "--json", str(tmp_path / "d.json"),
+                 "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "recipe q4_k_m" in text and "prefill" in text and "decode" in text and "tok/s" in text
+    numbers = json.loads((tmp_path / "d.json").read_text())
+    decode = numbers["decode"]
+    assert decode["tokens"] == 32 and decode["float_tokens_per_second"] > 0 and decode["quantized_tokens_per_second"] > 0
+    assert decode["text"].startswith(" Paris")  # the quantized model still answers
+    assert (tmp_path / "smollm2-135m-q4_k_m-kv.onnx").is_file()
+    assert numbers["perplexity_quantized"] / numbers["perplexity_float"] - 1 < 0.05

@@ -9,7 +9,9 @@
    sub-blocks fit well) or ``--recipe`` / ``--type``;
 3. evaluate against the float model on the same data (perplexity, KL, top-1 on a short
    text for the LM; cosine of sentence embeddings for the encoder);
-4. print size, quality and speed.
+4. print size, quality and speed: the evaluation's wall time (512-token windows, prefill)
+   and, for a causal LM with a KV-cache variant in the zoo, token-by-token decoding speed
+   of that variant quantized with the same recipe (where the weight-only formats pay off).
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ DEFAULT_RECIPE = "q4_k_m"
 DEFAULT_RECIPES = {"all-minilm-l6-v2": "encoder-q6"}
 #: 2048 tokens = 4 windows of 512: about a minute per model on 2 cores
 DEFAULT_MAX_TOKENS = 2048
+#: decoding speed: greedy tokens after this prompt, best of DECODE_REPEATS interleaved runs
+DECODE_PROMPT = "The capital of France is"
+DECODE_TOKENS = 32
+DECODE_REPEATS = 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                         help=f"LM: tokens of text to evaluate on (default {DEFAULT_MAX_TOKENS})")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its choice)")
+    parser.add_argument("--no-decode", action="store_true",
+                        help="LM: skip the token-by-token decoding speed measurement (KV-cache model)")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -112,12 +120,65 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"  quality  {json.dumps(cand.metrics)}")
     ratio = cand.seconds / ref.seconds if ref.seconds else float("nan")
     lines.append(
-        f"  speed    float32 {ref.seconds:.2f} s, quantized {cand.seconds:.2f} s on the same work "
+        f"  {'prefill' if ev.task == 'lm' else 'speed':8s} float32 {ref.seconds:.2f} s, quantized {cand.seconds:.2f} s on the same work "
         f"({ratio:.2f}x the float time; quantizing took {report.seconds:.1f} s)"
     )
+    if ev.task == "lm" and not args.no_decode:
+        decode = _decode_speed(args, recipe, out_path, progress)
+        if decode is not None:
+            lines.append(
+                f"  decode   float32 {decode['float_tokens_per_second']:.1f} tok/s, quantized "
+                f"{decode['quantized_tokens_per_second']:.1f} tok/s ({decode['speedup']:.2f}x; KV-cache model, "
+                f"{decode['tokens']} greedy tokens): {decode['text']!r}"
+            )
+            numbers["decode"] = decode
     lines.append(f"  model    {out_path}  (run it: onnxq.InferenceSession({out_path!r}))")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(numbers, fh, indent=2, default=str)
     return 0
+
+
+def _decode_speed(args: argparse.Namespace, recipe, out_path: str, progress: bool):
+    """Tokens per second of greedy decoding, float32 vs quantized, on the KV-cache twin of
+    ``args.model`` (None when the zoo has none). The twin is quantized with the same recipe."""
+    import onnxruntime as ort
+
+    from .. import zoo
+    from ..quantize import quantize
+    from ..runtime import InferenceSession
+
+    kv_name = f"{args.model}-kv"
+    if kv_name not in zoo.available():
+        return None
+    kv_float = str(zoo.ensure(kv_name, progress=progress))
+    kv_out = os.path.splitext(out_path)[0] + "-kv.onnx"
+    quantize(kv_float, kv_out, type=args.type, recipe=recipe, mode=args.mode, progress=False)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if args.threads:
+        options.intra_op_num_threads = args.threads
+    sessions = {
+        "float": ort.InferenceSession(kv_float, options, providers=["CPUExecutionProvider"]),
+        "quantized": InferenceSession(kv_out, options, providers=["CPUExecutionProvider"]),
+    }
+    tok = zoo.load_tokenizer(args.model)
+    prompt = tok.encode(DECODE_PROMPT)
+    best = {}
+    texts = {}
+    for name, sess in sessions.items():  # warm-up
+        zoo.greedy_generate(sess, prompt, 4)
+    for _ in range(DECODE_REPEATS):  # interleaved, so both see the same machine load
+        for name, sess in sessions.items():
+            t = time.perf_counter()
+            new = zoo.greedy_generate(sess, prompt, DECODE_TOKENS)
+            dt = time.perf_counter() - t
+            best[name] = min(best.get(name, dt), dt)
+            texts[name] = new
+    fps, qps = DECODE_TOKENS / best["float"], DECODE_TOKENS / best["quantized"]
+    return {
+        "model": kv_name, "quantized_path": kv_out, "prompt": DECODE_PROMPT, "tokens": DECODE_TOKENS,
+        "float_tokens_per_second": fps, "quantized_tokens_per_second": qps, "speedup": qps / fps,
+        "text": tok.decode(texts["quantized"])[:60], "same_tokens_as_float": texts["quantized"] == texts["float"],
+    }
