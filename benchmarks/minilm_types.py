@@ -32,36 +32,16 @@ import numpy as np
 from onnxq import zoo
 from onnxq.evaluate import evaluate
 from onnxq.quantize import quantize
+from onnxq.zoo.calibration import CALIBRATION_SENTENCES, python_reference_sentences
 
 TYPES = ("q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0")
 
-# not in onnxq/data/sentences.txt (the evaluation set)
-CALIBRATION = [
-    "The committee will publish its annual report on energy prices next spring.",
-    "Rivers carry sediment from the mountains down to the plains.",
-    "He repaired the bicycle chain with a borrowed set of pliers.",
-    "Most compilers translate source code into an intermediate representation first.",
-    "The museum opened a new wing dedicated to medieval manuscripts.",
-    "Heavy snowfall closed the mountain pass for three days.",
-    "A balanced diet includes vegetables, grains, and some protein.",
-    "The orchestra rehearsed the symphony twice before the concert.",
-    "Investors reacted nervously to the central bank's announcement.",
-    "She planted tulip bulbs along the fence in late October.",
-    "The database query returned far more rows than expected.",
-    "Volcanic ash can disrupt air traffic across an entire continent.",
-    "Children learn languages faster when they hear them every day.",
-    "The ferry crossing was rough because of the strong westerly wind.",
-    "A good referee keeps the game flowing without drawing attention.",
-    "The spacecraft adjusted its orbit with a short engine burn.",
-]
+CALIBRATION = CALIBRATION_SENTENCES  # not in onnxq/data/sentences.txt (the evaluation set)
 
 
 def calibration_sentences(extra: int = 0) -> List[str]:
     """CALIBRATION plus ``extra`` sentences of the Python reference (not the eval topics)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from smoothquant_vs_ort import calibration_text
-
-    prose = calibration_text()
+    prose = python_reference_sentences()
     step = max(1, len(prose) // max(1, extra))
     return CALIBRATION + (prose[::step][:extra] if extra else [])
 

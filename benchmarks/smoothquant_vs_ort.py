@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 import tempfile
 import time
@@ -37,19 +35,14 @@ from onnxq.evaluate import evaluate
 from onnxq.calibrate import CalibrationCache, calibrate
 from onnxq.modelio import load_model, model_dir, save_model
 from onnxq.smoothquant import SmoothQuantConfig, apply_smoothquant, required_tensors
+from onnxq.zoo.calibration import python_reference_sentences
 
 L0_DOWN = "/model/layers.0/mlp/down_proj/MatMul"
-EVAL_TOPICS = {"objects", "types", "execmodel", "exceptions"}  # onnxq/data/python-reference-prose.txt
 
 
 def calibration_text() -> List[str]:
     """Sentences of the Python reference topics not used by the evaluation corpus."""
-    import pydoc_data.topics as topics
-
-    text = " ".join(v for k, v in sorted(topics.topics.items()) if k not in EVAL_TOPICS)
-    text = re.sub(r"\s+", " ", text)
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text)]
-    return [s for s in sentences if 6 <= len(s.split()) <= 60 and not s.startswith(">>>")]
+    return python_reference_sentences()
 
 
 def minilm_batches(n_sentences: int, batch: int = 8) -> List[Dict[str, np.ndarray]]:

@@ -28,6 +28,7 @@ from onnx import NodeProto, TensorProto, helper
 from .analyze import Analysis, EmbeddingSite, LinearSite, ModelGraph, Skipped
 from .errors import ModelError
 from .ggml_ops import make_ggml_gather_node, make_ggml_matmul_node, onnxq_opset, row_bytes
+from .graph_edit import names_read
 from .recipe import DEFAULT_MODE, GGML, Plan
 
 #: float32 bytes of weight rows packed per codec call (bounds the temporary float copy)
@@ -122,32 +123,11 @@ def _pack_name(weight: str, qtype: str, tail: Optional[str], rows_stored: bool, 
     return name
 
 
-def _used_names(graph: onnx.GraphProto, out: Set[str]) -> None:
-    """Every tensor name read by a node of ``graph`` or any of its subgraphs."""
-    for node in graph.node:
-        out.update(i for i in node.input if i)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _used_names(attr.g, out)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    _used_names(g, out)
-    out.update(o.name for o in graph.output)
-
-
 def _eliminate_dead(nodes: List[NodeProto], graph_outputs: Set[str], keep_inputs: Set[str]) -> List[NodeProto]:
     """Drop nodes none of whose outputs is read (e.g. a Transpose whose MatMuls were all
     rewritten), repeatedly; subgraph reads count as reads."""
     while True:
-        used: Set[str] = set(graph_outputs) | keep_inputs
-        for node in nodes:
-            used.update(i for i in node.input if i)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    _used_names(attr.g, used)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        _used_names(g, used)
+        used: Set[str] = set(graph_outputs) | keep_inputs | names_read(nodes)
         kept = [n for n in nodes if any(o and o in used for o in n.output)]
         if len(kept) == len(nodes):
             return kept
@@ -266,15 +246,7 @@ def run_ggml_pass(
     new_nodes = _eliminate_dead(new_nodes, graph_outputs, set())
 
     # ---- 3. initializers, in their original order, streamed through the writer
-    used: Set[str] = set(graph_outputs)
-    for node in new_nodes:
-        used.update(i for i in node.input if i)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _used_names(attr.g, used)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    _used_names(g, used)
+    used: Set[str] = set(graph_outputs) | names_read(new_nodes)
     packs_by_weight: Dict[str, List[_Pack]] = {}
     for pack in packs.values():
         packs_by_weight.setdefault(pack.weight, []).append(pack)

@@ -3,13 +3,14 @@ names, dropping nodes and unused initializers, restoring topological order."""
 from __future__ import annotations
 
 import heapq
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Set
 
 import onnx
 
 from .errors import ModelError
 
-__all__ = ["all_names", "unique_name", "remove_nodes", "prune_initializers", "topological_sort", "outer_refs"]
+__all__ = ["all_names", "unique_name", "names_read", "remove_nodes", "prune_initializers", "topological_sort",
+           "outer_refs"]
 
 
 def all_names(model: onnx.ModelProto) -> set:
@@ -43,20 +44,27 @@ def remove_nodes(model: onnx.ModelProto, names: Iterable[str]) -> None:
     model.graph.node.extend(keep)
 
 
+def names_read(nodes: Iterable[onnx.NodeProto]) -> Set[str]:
+    """Every tensor name the nodes read, including reads from inside their subgraphs (node
+    inputs and subgraph outputs, which may name outer-scope tensors)."""
+    used: Set[str] = set()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        used.update(i for i in node.input if i)
+        for attr in node.attribute:
+            graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else (
+                list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else [])
+            for sub in graphs:
+                stack.extend(sub.node)
+                used.update(o.name for o in sub.output)
+    return used
+
+
 def prune_initializers(model: onnx.ModelProto) -> None:
     """Drop initializers nothing reads any more (replaced float weights)."""
     g = model.graph
-    used = {o.name for o in g.output} | {i.name for i in g.input}
-    stack = [g]
-    while stack:
-        graph = stack.pop()
-        for n in graph.node:
-            used.update(n.input)
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    stack.append(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(a.graphs)
+    used = {o.name for o in g.output} | {i.name for i in g.input} | names_read(g.node)
     keep = [t for t in g.initializer if t.name in used]
     if len(keep) != len(g.initializer):
         del g.initializer[:]
@@ -105,12 +113,6 @@ def topological_sort(model: onnx.ModelProto) -> None:
     g.node.extend(sorted_nodes)
 
 
-def outer_refs(graph: onnx.GraphProto) -> set:
+def outer_refs(graph: onnx.GraphProto) -> Set[str]:
     """Names a subgraph reads (its own and outer-scope ones)."""
-    refs = set()
-    for n in graph.node:
-        refs.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                refs |= outer_refs(a.g)
-    return refs
+    return names_read(graph.node) | {o.name for o in graph.output}

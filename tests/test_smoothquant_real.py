@@ -12,28 +12,12 @@ from onnxq import zoo
 from onnxq.calibrate import calibrate
 from onnxq.modelio import load_model, model_dir
 from onnxq.smoothquant import SmoothQuantConfig, apply_smoothquant, quantize_model, required_tensors
+from onnxq.zoo.calibration import CALIBRATION_SENTENCES
 
 pytestmark = pytest.mark.slow
 
 # calibration text: not in onnxq/data/sentences.txt (the evaluation set)
-CALIBRATION = [
-    "The committee will publish its annual report on energy prices next spring.",
-    "Rivers carry sediment from the mountains down to the plains.",
-    "He repaired the bicycle chain with a borrowed set of pliers.",
-    "Most compilers translate source code into an intermediate representation first.",
-    "The museum opened a new wing dedicated to medieval manuscripts.",
-    "Heavy snowfall closed the mountain pass for three days.",
-    "A balanced diet includes vegetables, grains, and some protein.",
-    "The orchestra rehearsed the symphony twice before the concert.",
-    "Investors reacted nervously to the central bank's announcement.",
-    "She planted tulip bulbs along the fence in late October.",
-    "The database query returned far more rows than expected.",
-    "Volcanic ash can disrupt air traffic across an entire continent.",
-    "Children learn languages faster when they hear them every day.",
-    "The ferry crossing was rough because of the strong westerly wind.",
-    "A good referee keeps the game flowing without drawing attention.",
-    "The spacecraft adjusted its orbit with a short engine burn.",
-]
+CALIBRATION = CALIBRATION_SENTENCES
 
 
 def _session(model_or_path):
