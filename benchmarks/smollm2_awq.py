@@ -6,9 +6,13 @@ Calibration: windows of the Python Reference topics that the evaluation corpus d
 On SmolLM2 every AWQ group but the o_proj inputs folds into an RMSNorm weight or the up_proj
 columns, so the AWQ models have exactly the float model's ops plus the GGML ones.
 
+With ``--self-generated`` the calibration data is written by the float model itself
+(``onnxq.zoo.calibration.self_generated_batches``: one-word prompts, tokens sampled from its
+own next-token distribution), so no outside text is used at all.
+
 Usage::
 
-    python benchmarks/smollm2_awq.py [--types q6_k,q5_0,q4_0] [--windows 16] [--imatrix] [--out r.json]
+    python benchmarks/smollm2_awq.py [--types q6_k,q5_0,q4_0] [--windows 16] [--self-generated] [--imatrix] [--out r.json]
 """
 from __future__ import annotations
 
@@ -34,11 +38,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--types", default="q6_k,q5_0,q4_0")
     ap.add_argument("--windows", type=int, default=16, help="calibration windows of 256 tokens")
     ap.add_argument("--imatrix", action="store_true", help="also an importance matrix from the same data")
+    ap.add_argument("--self-generated", action="store_true",
+                    help="calibrate on text sampled from the float model itself (--windows sequences of 256)")
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--out", help="write the evaluation report as JSON here")
     args = ap.parse_args(argv)
     src = zoo.ensure("smollm2-135m", progress=False)
-    data = smollm2_batches(args.windows)
+    if args.self_generated:
+        from onnxq.zoo.calibration import self_generated_batches
+
+        data = self_generated_batches("smollm2-135m", sequences=args.windows, length=256)
+    else:
+        data = smollm2_batches(args.windows)
     labels, paths = [], []
     with tempfile.TemporaryDirectory(prefix="smollm2-awq-") as tmp:
         for qtype in args.types.split(","):

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from onnxq.zoo.calibration import CALIBRATION_SENTENCES, python_reference_sentences
 
 DATA = Path(__file__).resolve().parents[1] / "onnxq" / "data"
@@ -25,3 +27,25 @@ def test_python_reference_calibration_text_is_disjoint_from_the_lm_corpus():
     # no calibration sentence occurs in the corpus (some pydoc topics quote the corpus topics)
     leaked = [s for s in sentences if s in corpus]
     assert not leaked, leaked[:3]
+
+
+@pytest.mark.slow
+def test_self_generated_calibration_is_seeded_model_text():
+    from onnxq import zoo
+    from onnxq.errors import ModelError
+    from onnxq.zoo.calibration import self_generated_batches
+
+    try:
+        a = self_generated_batches(sequences=2, length=12, seed=0, progress=False)
+    except zoo.CheckpointNotFoundError as exc:  # the checkpoint package is not installed
+        pytest.skip(str(exc))
+    b = self_generated_batches(sequences=2, length=12, seed=0, progress=False)
+    c = self_generated_batches(sequences=2, length=12, seed=1, progress=False)
+    assert [x["input_ids"].shape for x in a] == [(1, 12), (1, 12)]
+    assert all((x["input_ids"] == y["input_ids"]).all() for x, y in zip(a, b))
+    assert any((x["input_ids"] != y["input_ids"]).any() for x, y in zip(a, c))
+    tok = zoo.load_tokenizer("smollm2-135m")
+    assert tok.decode(list(a[0]["input_ids"][0])).startswith("The")
+    assert int(a[0]["input_ids"].max()) < 49152 and int(a[0]["input_ids"].min()) >= 0
+    with pytest.raises(ModelError, match="no KV-cache twin"):
+        self_generated_batches("all-minilm-l6-v2", progress=False)

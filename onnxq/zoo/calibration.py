@@ -6,7 +6,9 @@ overlap with ``onnxq-sentences-64`` (encoders) or ``python-reference-prose`` (LM
 from __future__ import annotations
 
 import re
-from typing import List
+from typing import Dict, List
+
+import numpy as np
 
 #: 16 general-English sentences, none in onnxq/data/sentences.txt (checked by the tests)
 CALIBRATION_SENTENCES: List[str] = [
@@ -50,3 +52,42 @@ def python_reference_sentences() -> List[str]:
 
 def _squash(text: str) -> str:
     return re.sub(r"\s+", " ", text)
+
+
+#: first words of self-generated calibration sequences (the model writes the rest)
+SELF_PROMPTS = ("The", "In", "A", "It", "When", "This", "One", "There", "We", "Many", "After", "If", "Most",
+                "For", "Some", "His")
+
+
+def self_generated_batches(model: str = "smollm2-135m", sequences: int = 16, length: int = 256, seed: int = 0,
+                           progress: bool = True) -> List[Dict[str, np.ndarray]]:
+    """Calibration batches ``[{"input_ids": [1, length]}]`` written by the float model itself:
+    each sequence starts from a one-word prompt and continues with tokens sampled from the
+    model's own next-token distribution (temperature 1, seeded). No outside text is needed,
+    and nothing can overlap an evaluation corpus except by chance."""
+    from tqdm.auto import tqdm
+
+    import onnxruntime as ort
+
+    from ..errors import ModelError
+    from . import ensure, load_tokenizer
+    from .generation import sample_generate
+    from .registry import available
+
+    if sequences < 1 or length < 2:
+        raise ModelError(f"need sequences >= 1 and length >= 2, got {sequences} and {length}")
+    kv_name = f"{model}-kv"
+    if kv_name not in available():
+        raise ModelError(f"{model!r} has no KV-cache twin in the zoo to generate with (available: {', '.join(available())})")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(ensure(kv_name, progress=progress)), options,
+                                   providers=["CPUExecutionProvider"])
+    tok = load_tokenizer(model)
+    rng = np.random.default_rng(seed)
+    batches = []
+    for i in tqdm(range(sequences), desc="self-calibration", unit="seq", disable=not progress, leave=False):
+        prompt = tok.encode(SELF_PROMPTS[i % len(SELF_PROMPTS)])[:length - 1]
+        ids = prompt + sample_generate(session, prompt, length - len(prompt), rng)
+        batches.append({"input_ids": np.asarray([ids], dtype=np.int64)})
+    return batches

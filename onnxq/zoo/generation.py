@@ -49,24 +49,58 @@ def greedy_generate(
                 break
         return new
 
-    output_names = [o.name for o in session.get_outputs()]
-    past = empty_past(session)
-    step = np.array([ids], dtype=np.int64)
-    total = 0
+    stepper = _KVStepper(session)
+    logits = stepper.step(ids)
     for _ in range(max_new_tokens):
-        n = step.shape[1]
-        feeds = {
-            "input_ids": step,
-            "attention_mask": np.ones((1, total + n), dtype=np.int64),
-            "position_ids": np.arange(total, total + n, dtype=np.int64)[None, :],
-            **past,
-        }
-        outs = dict(zip(output_names, session.run(output_names, feeds)))
-        past = {name.replace("present.", "past_key_values.", 1): value
-                for name, value in outs.items() if name.startswith("present.")}
-        total += n
-        new.append(int(np.argmax(outs["logits"][0, -1])))
-        if new[-1] == eos_id:
+        new.append(int(np.argmax(logits)))
+        if new[-1] == eos_id or len(new) == max_new_tokens:
             break
-        step = np.array([[new[-1]]], dtype=np.int64)
+        logits = stepper.step([new[-1]])
     return new
+
+
+def sample_generate(session, prompt_ids: Sequence[int], max_new_tokens: int, rng: np.random.Generator,
+                    temperature: float = 1.0) -> list[int]:
+    """New token ids sampled from the model's own next-token distribution (a KV-cache
+    ``causal-lm-kv`` session), e.g. to make calibration text without outside data."""
+    if not _is_kv(session):
+        raise ModelError("sample_generate needs a KV-cache model (causal-lm-kv)")
+    if not prompt_ids:
+        raise ModelError("sample_generate needs at least one prompt token")
+    if temperature <= 0:
+        raise ModelError(f"temperature must be > 0, got {temperature}")
+    stepper = _KVStepper(session)
+    logits = stepper.step([int(i) for i in prompt_ids])
+    new: list[int] = []
+    while len(new) < max_new_tokens:
+        z = logits.astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        new.append(int(rng.choice(p.size, p=p / p.sum())))
+        if len(new) < max_new_tokens:
+            logits = stepper.step([new[-1]])
+    return new
+
+
+class _KVStepper:
+    """Feeds tokens to a KV-cache session, carrying ``present.*`` over as ``past_key_values.*``;
+    ``step`` returns the logits of the last fed position."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.past = empty_past(session)
+        self.total = 0
+
+    def step(self, ids: Sequence[int]) -> np.ndarray:
+        n = len(ids)
+        feeds = {
+            "input_ids": np.array([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, self.total + n), dtype=np.int64),
+            "position_ids": np.arange(self.total, self.total + n, dtype=np.int64)[None, :],
+            **self.past,
+        }
+        outs = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        self.past = {name.replace("present.", "past_key_values.", 1): value
+                     for name, value in outs.items() if name.startswith("present.")}
+        self.total += n
+        return outs["logits"][0, -1]
