@@ -35,7 +35,7 @@ from onnxq.evaluate import evaluate
 from onnxq.calibrate import CalibrationCache, calibrate
 from onnxq.modelio import load_model, model_dir, save_model
 from onnxq.smoothquant import SmoothQuantConfig, apply_smoothquant, required_tensors
-from onnxq.zoo.calibration import python_reference_sentences
+from onnxq.zoo.calibration import python_reference_sentences, python_reference_text
 
 L0_DOWN = "/model/layers.0/mlp/down_proj/MatMul"
 
@@ -60,7 +60,7 @@ def minilm_batches(n_sentences: int, batch: int = 8) -> List[Dict[str, np.ndarra
 
 def smollm2_batches(n_windows: int, ctx: int = 256) -> List[Dict[str, np.ndarray]]:
     tok = zoo.load_tokenizer("smollm2-135m")
-    ids = tok.encode(" ".join(calibration_text()))
+    ids = tok.encode(python_reference_text())  # line breaks kept: see python_reference_text
     stride = max(ctx, (len(ids) - ctx) // max(1, n_windows))
     out = []
     for start in range(0, len(ids) - ctx, stride):

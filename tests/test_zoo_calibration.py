@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxq.zoo.calibration import CALIBRATION_SENTENCES, python_reference_sentences
+from onnxq.zoo.calibration import CALIBRATION_SENTENCES, python_reference_sentences, python_reference_text
 
 DATA = Path(__file__).resolve().parents[1] / "onnxq" / "data"
 
@@ -26,6 +26,17 @@ def test_python_reference_calibration_text_is_disjoint_from_the_lm_corpus():
     assert all(6 <= len(s.split()) <= 60 for s in sentences)
     # no calibration sentence occurs in the corpus (some pydoc topics quote the corpus topics)
     leaked = [s for s in sentences if s in corpus]
+    assert not leaked, leaked[:3]
+
+
+def test_python_reference_calibration_text_keeps_lines_and_never_quotes_the_corpus():
+    corpus = _norm((DATA / "python-reference-prose.txt").read_text(encoding="utf-8"))
+    text = python_reference_text()
+    assert text.count("\n") > 5_000 and len(text) > 300_000
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", _norm(text))]
+    long = [s for s in sentences if len(s.split()) >= 6]
+    assert len(long) > 2000
+    leaked = [s for s in long if s in corpus]
     assert not leaked, leaked[:3]
 
 

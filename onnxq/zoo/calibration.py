@@ -32,6 +32,19 @@ CALIBRATION_SENTENCES: List[str] = [
 
 #: the pydoc topics that make up onnxq/data/python-reference-prose.txt (the LM evaluation corpus)
 EVAL_TOPICS = frozenset({"objects", "types", "execmodel", "exceptions"})
+#: topics that quote the evaluation topics at length (``naming`` repeats ``execmodel``)
+QUOTING_TOPICS = frozenset({"naming", "dynamic-features"})
+
+
+def python_reference_text() -> str:
+    """The Python reference topics of ``pydoc_data.topics`` other than the evaluation
+    corpus's and those quoting it, as written (line breaks kept: a language model's
+    activations on newline tokens differ a lot from those on words, and calibration text
+    without them leaves those activations out of range), topics separated by blank lines."""
+    import pydoc_data.topics as topics
+
+    return "\n\n\n".join(v.strip("\n") for k, v in sorted(topics.topics.items())
+                          if k not in EVAL_TOPICS and k not in QUOTING_TOPICS)
 
 
 def python_reference_sentences() -> List[str]:
