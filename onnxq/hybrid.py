@@ -93,6 +93,8 @@ def run_smoothquant_cli(args: argparse.Namespace) -> int:
         options["alpha"] = _alpha(args.alpha)
     if args.format is not None:
         options["format"] = args.format
+    if getattr(args, "weight_type", None) is not None:
+        options["weight_type"] = args.weight_type
     recipe: Any = smoothquant_recipe()
     if getattr(args, "keep", None):
         from .recipe import load_recipe, with_keep_rules

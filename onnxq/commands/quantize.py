@@ -46,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
     parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
+    parser.add_argument("--weight-type", choices=("uint8", "int8"),
+                        help="SmoothQuant int8 weight storage: uint8 with zero point 128 (default; u8u8 kernels, "
+                             "never saturate) or int8 (u8s8 kernels: faster, may saturate on CPUs without VNNI)")
     parser.add_argument("--threads", type=int, metavar="N", help="threads for packing (default: all cores)")
     parser.add_argument("--report", metavar="FILE.json", help="also write the full report as JSON")
     parser.add_argument("--list-presets", action="store_true", help="list the built-in recipes and exit")
@@ -77,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
         if args.awq:
             raise OnnxqError("--awq applies to GGML layers, not --method smoothquant")
         return _run_smoothquant(args)
-    if args.alpha is not None or args.format is not None:
+    if args.alpha is not None or args.format is not None or args.weight_type is not None:
         if not args.recipe:
-            raise RecipeError("--alpha/--format apply to --method smoothquant or recipes with smoothquant layers")
+            raise RecipeError("--alpha/--format/--weight-type apply to --method smoothquant or recipes with smoothquant layers")
     from ..quantize import quantize
 
     sq_options = {}
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         sq_options["alpha"] = _alpha(args.alpha)
     if args.format is not None:
         sq_options["format"] = args.format
+    if args.weight_type is not None:
+        sq_options["weight_type"] = args.weight_type
     qtype, recipe = args.type, args.recipe
     if args.keep:
         from ..quantize import resolve_recipe
