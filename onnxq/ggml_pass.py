@@ -28,7 +28,7 @@ from onnx import NodeProto, TensorProto, helper
 from .analyze import Analysis, EmbeddingSite, LinearSite, ModelGraph, Skipped
 from .errors import ModelError
 from .ggml_ops import make_ggml_gather_node, make_ggml_matmul_node, onnxq_opset, row_bytes
-from .graph_edit import names_read
+from .graph_edit import names_read, unique_name
 from .recipe import DEFAULT_MODE, GGML, Plan
 
 #: float32 bytes of weight rows packed per codec call (bounds the temporary float copy)
@@ -115,12 +115,7 @@ def _pack_name(weight: str, qtype: str, tail: Optional[str], rows_stored: bool, 
     base = f"{weight}.{qtype.lower()}" + (f"_{tail.lower()}" if tail else "")
     if alpha != 1.0:
         base += ".scaled"
-    name, i = base, 1
-    while name in taken:
-        name = f"{base}.{i}"
-        i += 1
-    taken.add(name)
-    return name
+    return unique_name(None, base, taken, sep=".")
 
 
 def _eliminate_dead(nodes: List[NodeProto], graph_outputs: Set[str], keep_inputs: Set[str]) -> List[NodeProto]:

@@ -24,13 +24,14 @@ def all_names(model: onnx.ModelProto) -> set:
     return names
 
 
-def unique_name(model: onnx.ModelProto, base: str, taken: Optional[set] = None) -> str:
-    """A tensor/initializer/node name not used in the model (``taken`` caches the set)."""
+def unique_name(model: Optional[onnx.ModelProto], base: str, taken: Optional[set] = None, sep: str = "_") -> str:
+    """A tensor/initializer/node name not used in the model: ``base``, else ``base{sep}1``, ...
+    ``taken`` caches the model's names (then ``model`` may be None) and receives the new one."""
     if taken is None:
         taken = all_names(model)
     name, i = base, 1
     while name in taken:
-        name = f"{base}_{i}"
+        name = f"{base}{sep}{i}"
         i += 1
     taken.add(name)
     return name

@@ -1,4 +1,4 @@
-"""SmoothQuant layers inside a recipe, and ``onnxq quantize --method smoothquant``.
+"""SmoothQuant layers inside a recipe (also the recipe behind ``onnxq quantize --method smoothquant``).
 
 The SmoothQuant work itself is :func:`onnxq.smoothquant.apply_smoothquant` (in memory, on
 the subset of sites a recipe gives it); this module calibrates the float model for it,
@@ -7,7 +7,6 @@ model back to the GGML pass for the remaining sites.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -78,41 +77,3 @@ def apply_recipe_smoothquant(
 def smoothquant_recipe() -> Dict[str, Any]:
     """``--method smoothquant``: every linear layer but the LM head (and shared weights)."""
     return {"name": "smoothquant", "default": "smoothquant", "rules": [{"role": "head", "method": "keep"}]}
-
-
-def run_smoothquant_cli(args: argparse.Namespace) -> int:
-    """``onnxq quantize IN -o OUT --method smoothquant --calib DATA [--alpha A|auto] [--format F]``."""
-    import sys
-
-    from .quantize import quantize
-
-    options: Dict[str, Any] = {}
-    if args.alpha is not None:
-        from .commands.quantize import _alpha
-
-        options["alpha"] = _alpha(args.alpha)
-    if args.format is not None:
-        options["format"] = args.format
-    if getattr(args, "weight_type", None) is not None:
-        options["weight_type"] = args.weight_type
-    recipe: Any = smoothquant_recipe()
-    if getattr(args, "keep", None):
-        from .recipe import load_recipe, with_keep_rules
-
-        recipe = with_keep_rules(load_recipe(recipe), args.keep)
-    report = quantize(
-        args.input, args.output, recipe=recipe, calibration_data=args.calib,
-        smoothquant_options=options, calibration_batches=args.calib_batches, progress=not args.quiet,
-    )
-    for warning in report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"{report.input} -> {report.output}  (SmoothQuant W8A8, {report.seconds:.1f} s)")
-    if report.smoothquant is not None:
-        print(report.smoothquant.to_text())
-    print(report.table())
-    if args.report:
-        import json
-
-        with open(args.report, "w", encoding="utf-8") as fh:
-            json.dump(report.to_dict(), fh, indent=2)
-    return 0

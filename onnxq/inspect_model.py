@@ -135,21 +135,21 @@ class ModelInspection:
         for l in self.layers:
             name = l.name if len(l.name) <= w else "…" + l.name[-(w - 1):]
             method = l.method + (f"+{l.tail_type}" if l.tail_type else "")
-            size = "(shared)" if l.shared_with else _size(l.nbytes)
+            size = "(shared)" if l.shared_with else format_bytes(l.nbytes)
             lines.append(f"{name:<{w}}  {l.role:<9}{method:<18}{f'{l.K}x{l.N}':>14}{size:>12}{l.bits_per_weight:>8.3f}")
         lines.append("")
         lines.append(f"{'method':<20}{'layers':>7}{'params':>14}{'bytes':>12}{'bpw':>8}")
         for row in self.by_method():
             bpw = f"{row['bits_per_weight']:.3f}" if row["bits_per_weight"] else "-"
-            lines.append(f"{row['method']:<20}{row['layers']:>7}{row['params']:>14,}{_size(row['bytes']):>12}{bpw:>8}")
+            lines.append(f"{row['method']:<20}{row['layers']:>7}{row['params']:>14,}{format_bytes(row['bytes']):>12}{bpw:>8}")
         lines.append(
-            f"{'all layers':<20}{len(self.layers):>7}{self.layer_params:>14,}{_size(self.layer_bytes):>12}"
+            f"{'all layers':<20}{len(self.layers):>7}{self.layer_params:>14,}{format_bytes(self.layer_bytes):>12}"
             f"{self.bits_per_weight:>8.3f}"
         )
-        lines.append(f"other initializers: {_size(self.other_bytes)}")
+        lines.append(f"other initializers: {format_bytes(self.other_bytes)}")
         lines.append(
-            f"initializers: {_size(self.initializer_bytes)} (as float32: {_size(self.float32_bytes)}, "
-            f"ratio {self.ratio_to_float32:.2f}x); file(s): {_size(self.file_bytes)}"
+            f"initializers: {format_bytes(self.initializer_bytes)} (as float32: {format_bytes(self.float32_bytes)}, "
+            f"ratio {self.ratio_to_float32:.2f}x); file(s): {format_bytes(self.file_bytes)}"
         )
         if "onnxq.version" in self.metadata:
             recipe = self.metadata.get("onnxq.recipe")
@@ -163,7 +163,8 @@ class ModelInspection:
         return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``1.23 MB`` style (decimal units), as the closing tables print sizes."""
     for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= div:
             return f"{n / div:.2f} {unit}"

@@ -33,16 +33,22 @@ _COPY_CHUNK = 64 << 20
 # ----------------------------------------------------------------------------- loading
 
 
-def load_model(path: PathLike) -> onnx.ModelProto:
-    """Load an ONNX model without its external data; every node gets a unique name.
-
-    Raises ModelError naming the file when it is missing or is not an ONNX model.
-    """
+def check_model_file(path: PathLike) -> str:
+    """``path`` as a string; ModelError when it is missing or a directory."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ModelError(f"{path}: is a directory, expected an .onnx file")
+    return path
+
+
+def load_model(path: PathLike) -> onnx.ModelProto:
+    """Load an ONNX model without its external data; every node gets a unique name.
+
+    Raises ModelError naming the file when it is missing or is not an ONNX model.
+    """
+    path = check_model_file(path)
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning-like errors

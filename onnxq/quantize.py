@@ -26,6 +26,7 @@ from .analyze import Skipped, find_sites
 from .errors import CalibrationError, ModelError, RecipeError
 from .ggml_pass import LayerResult, run_ggml_pass
 from .imatrix import ImportanceMatrix, as_imatrix, compute_imatrix, is_imatrix_file
+from .inspect_model import format_bytes as _size
 from .modelio import (
     EXTERNAL_DATA_THRESHOLD,
     ModelWriter,
@@ -183,13 +184,6 @@ def _count(n: int) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(n)
-
-
-def _size(n: int) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n} B"
 
 
 def summarize_skipped(skipped: List[Skipped]) -> str:

@@ -76,14 +76,20 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxqError(f"--calib-batches must be >= 1, got {args.calib_batches}")
     if args.awq_explicit_mul and not args.awq:
         raise OnnxqError("--awq-explicit-mul is an option of --awq")
-    if args.method == "smoothquant":
+    smoothquant = args.method == "smoothquant"
+    if smoothquant:
         if args.awq:
             raise OnnxqError("--awq applies to GGML layers, not --method smoothquant")
-        return _run_smoothquant(args)
-    if args.alpha is not None or args.format is not None or args.weight_type is not None:
+        if args.type or args.recipe or args.imatrix_data or args.mode:
+            raise OnnxqError("--method smoothquant takes --calib/--alpha/--format, not --type/--recipe/--imatrix-data/--mode")
+        if not args.calib:
+            raise OnnxqError("--method smoothquant needs calibration inputs: --calib DATA.npz")
+    elif args.alpha is not None or args.format is not None or args.weight_type is not None:
         if not args.recipe:
             raise RecipeError("--alpha/--format/--weight-type apply to --method smoothquant or recipes with smoothquant layers")
-    from ..quantize import quantize
+    from ..hybrid import smoothquant_recipe
+    from ..quantize import quantize, resolve_recipe
+    from ..recipe import with_keep_rules
 
     sq_options = {}
     if args.alpha is not None:
@@ -92,12 +98,9 @@ def run(args: argparse.Namespace) -> int:
         sq_options["format"] = args.format
     if args.weight_type is not None:
         sq_options["weight_type"] = args.weight_type
-    qtype, recipe = args.type, args.recipe
+    qtype, recipe = (None, smoothquant_recipe()) if smoothquant else (args.type, args.recipe)
     if args.keep:
-        from ..quantize import resolve_recipe
-        from ..recipe import with_keep_rules
-
-        qtype, recipe = None, with_keep_rules(resolve_recipe(args.type, args.recipe, args.mode), args.keep)
+        qtype, recipe = None, with_keep_rules(resolve_recipe(qtype, recipe, args.mode), args.keep)
     report = quantize(
         args.input,
         args.output,
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         recipe=recipe,
         mode=args.mode,
         imatrix_data=args.imatrix_data,
-        save_imatrix=args.save_imatrix,
+        save_imatrix=None if smoothquant else args.save_imatrix,
         calibration_data=args.calib,
         smoothquant_options=sq_options,
         awq=({"explicit_mul": True} if args.awq_explicit_mul else True) if args.awq else None,
@@ -115,8 +118,13 @@ def run(args: argparse.Namespace) -> int:
     )
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{report.input} -> {report.output}  (recipe {report.recipe.name}, {report.seconds:.1f} s"
-          + (f", imatrix over {report.imatrix_tensors} inputs" if report.imatrix_tensors else "") + ")")
+    if smoothquant:
+        print(f"{report.input} -> {report.output}  (SmoothQuant W8A8, {report.seconds:.1f} s)")
+        if report.smoothquant is not None:
+            print(report.smoothquant.to_text())
+    else:
+        print(f"{report.input} -> {report.output}  (recipe {report.recipe.name}, {report.seconds:.1f} s"
+              + (f", imatrix over {report.imatrix_tensors} inputs" if report.imatrix_tensors else "") + ")")
     if report.awq is not None and not args.quiet:
         print(report.awq.to_text())
     print(report.table())
@@ -138,15 +146,3 @@ def _alpha(text: str):
     if not 0.0 <= value <= 1.0:
         raise RecipeError(f"--alpha must be in [0, 1], got {value}")
     return value
-
-
-def _run_smoothquant(args: argparse.Namespace) -> int:
-    from ..errors import OnnxqError
-
-    if args.type or args.recipe or args.imatrix_data or args.mode:
-        raise OnnxqError("--method smoothquant takes --calib/--alpha/--format, not --type/--recipe/--imatrix-data/--mode")
-    if not args.calib:
-        raise OnnxqError("--method smoothquant needs calibration inputs: --calib DATA.npz")
-    from ..hybrid import run_smoothquant_cli
-
-    return run_smoothquant_cli(args)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from .. import runtime
 from ..errors import ModelError, OnnxqError
-from ..modelio import load_model
+from ..modelio import check_model_file, load_model
 
 PathLike = Union[str, os.PathLike]
 
@@ -142,11 +142,7 @@ def _specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
 
 def open_model(path: PathLike, threads: int = 0) -> TimedModel:
     """Validate ``path`` and create its session with onnxq's custom ops registered."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ModelError(f"{path}: is a directory, expected an .onnx file")
+    path = check_model_file(path)
     try:
         session = runtime.InferenceSession(path, session_options(threads), ["CPUExecutionProvider"])
     except OnnxqError:
