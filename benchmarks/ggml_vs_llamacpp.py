@@ -162,7 +162,7 @@ def llama_logits(path: str, windows: List[List[int]], ctx: int, threads: int):
 
 def _run_onnxq(args, work, float_onnx, calib, types, presets, imx_types, rows, awq_self_types=()) -> float:
     from onnxq.evaluate import evaluate
-    from onnxq.quantize import quantize
+    from onnxq import quantize
 
     cands, labels = [], []
     jobs = [(t, dict(type=t)) for t in types] + [(p, dict(recipe=p)) for p in presets]
@@ -216,9 +216,9 @@ def main() -> int:
     import onnxq
     from onnxq import zoo
     from onnxq.evaluate import evaluate
-    from onnxq.evaluate.corpus import default_corpus
+    from onnxq.corpora import default_corpus
     from onnxq.evaluate.lm import make_windows, tokenize_corpus
-    from onnxq.quantize import quantize
+    from onnxq import quantize
     from onnxq.zoo.checkpoints import smollm2_gguf_path
 
     types = [t for t in args.types.split(",") if t]

@@ -31,7 +31,7 @@ import numpy as np
 
 from onnxq import zoo
 from onnxq.evaluate import evaluate
-from onnxq.quantize import quantize
+from onnxq import quantize
 from onnxq.zoo.calibration import CALIBRATION_SENTENCES, python_reference_sentences
 
 TYPES = ("q8_0", "q6_k", "q5_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0")

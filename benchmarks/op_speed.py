@@ -35,10 +35,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from onnxq import ggml_ops, runtime  # noqa: E402
-from onnxq.recipe import default_tail_type  # noqa: E402
+from onnxq import runtime  # noqa: E402
+from onnxq.formats import BLOCK_TRAITS, WEIGHT_TYPES, default_tail_type  # noqa: E402
+from onnxq.ggml.nodes import make_ggml_matmul_node, onnxq_opset  # noqa: E402
 
-TYPES = list(ggml_ops.WEIGHT_TYPES)
+TYPES = list(WEIGHT_TYPES)
 SHAPES = [(576, 1536), (1536, 576), (4096, 4096), (4096, 11008)]
 MS = [1, 16, 512]
 THREADS = [1, 2]
@@ -77,7 +78,7 @@ def nbits_model(rng, K: int, N: int) -> bytes:
 
 def random_blocks(rng, qtype: str, n: int) -> np.ndarray:
     """n valid blocks: random bytes, fp16 scales set to small sane values."""
-    _, size = ggml_ops.BLOCK_TRAITS[qtype]
+    _, size = BLOCK_TRAITS[qtype]
     raw = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
     half = rng.uniform(5e-4, 2e-3, size=(n, 2)).astype(np.float16).view(np.uint8).reshape(n, 4)
     if qtype == "Q6_K":
@@ -91,7 +92,7 @@ def random_blocks(rng, qtype: str, n: int) -> np.ndarray:
 
 def layout(qtype: str, K: int) -> Tuple[Optional[str], int, int]:
     """(tail type, main blocks, tail blocks) of a row, as the quantizer would store it."""
-    qk, _ = ggml_ops.BLOCK_TRAITS[qtype]
+    qk, _ = BLOCK_TRAITS[qtype]
     tail = default_tail_type(qtype) if qk == 256 and K % 256 else None
     if tail is None:
         return None, -(-K // qk), 0
@@ -107,8 +108,8 @@ def ggml_weight(rng, qtype: str, K: int, N: int) -> Tuple[np.ndarray, Optional[s
 
 
 def ggml_model(W: np.ndarray, qtype: str, tail: Optional[str], K: int, N: int, mode: str) -> bytes:
-    g = ggml_ops.make_ggml_matmul_node("q", "X", "Y", W, quant_type=qtype, K=K, N=N, tail_type=tail, mode=mode)
-    return _model(g.node, g.initializers, K, N, [ggml_ops.onnxq_opset()])
+    g = make_ggml_matmul_node("q", "X", "Y", W, quant_type=qtype, K=K, N=N, tail_type=tail, mode=mode)
+    return _model(g.node, g.initializers, K, N, [onnxq_opset()])
 
 
 def dequantize(W: np.ndarray, qtype: str, tail: Optional[str], K: int) -> np.ndarray:
@@ -116,7 +117,7 @@ def dequantize(W: np.ndarray, qtype: str, tail: Optional[str], K: int) -> np.nda
     from gguf.quants import dequantize as gdeq
 
     _, n_main, n_tail = layout(qtype, K)
-    qk, size = ggml_ops.BLOCK_TRAITS[qtype]
+    qk, size = BLOCK_TRAITS[qtype]
     out = [gdeq(W[:, : n_main * size], QT[qtype]).reshape(W.shape[0], -1)]
     if n_tail:
         out.append(gdeq(W[:, n_main * size:], QT[tail]).reshape(W.shape[0], -1))

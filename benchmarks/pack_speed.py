@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from onnxq.ggml import GGMLQuantizer, QuantizedGGMLTensor, default_num_threads
-from onnxq.quant_types import GGMLQuantType
+from onnxq.formats import GGMLQuantType
 
 try:
     import gguf

@@ -30,7 +30,7 @@ from smoothquant_vs_ort import smollm2_batches  # noqa: E402
 
 from onnxq import zoo  # noqa: E402
 from onnxq.evaluate import evaluate  # noqa: E402
-from onnxq.quantize import quantize  # noqa: E402
+from onnxq import quantize  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:

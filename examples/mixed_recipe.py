@@ -8,7 +8,7 @@ import os
 from collections import Counter
 
 import onnxq
-from onnxq.quantize import quantize
+from onnxq import quantize
 from onnxq import zoo
 from onnxq.evaluate import evaluate
 from onnxq.inspect_model import inspect_model

@@ -8,7 +8,7 @@ import argparse
 import os
 
 import onnxq
-from onnxq.quantize import quantize
+from onnxq import quantize
 from onnxq import zoo
 from onnxq.evaluate import evaluate
 

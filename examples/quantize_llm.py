@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 import onnxq
-from onnxq.quantize import quantize
+from onnxq import quantize
 from onnxq import zoo
 from onnxq.evaluate import default_corpus, evaluate
 from onnxq.evaluate.lm import tokenize_corpus

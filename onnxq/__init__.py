@@ -3,6 +3,17 @@
 SmoothQuant W8A8 with standard ONNX int8 ops, ggml block formats (Q4_0 .. Q6_K) run by
 onnxq's own onnxruntime custom-op library, and a method per layer from recipes.
 Public names are imported lazily so that ``import onnxq`` stays cheap.
+
+The package is built in floors; a module imports only from its own floor or below, a
+method wing never imports the other wing, and only ``cli`` imports ``commands``
+(``tests/test_architecture.py`` checks it; ``onnxq/README.md`` explains each module)::
+
+    cli, commands/                                   the command line
+    pipeline, inspect_model, evaluate/, zoo/         run, measure, real models
+    ggml/            smoothquant/                    the method wings
+    sites, folding, calibrate, formats, plan, recipe, presets, passes, report,
+    modelio, graph_edit, corpora, runtime            the shared floor
+    errors, units, _version                          the base
 """
 from __future__ import annotations
 
@@ -14,21 +25,21 @@ from .errors import CalibrationError, DataError, ModelError, OnnxqError, OutputP
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
-    "GGMLQuantType": "onnxq.quant_types",
-    "GGMLQuantizer": "onnxq.ggml",
-    "QuantizedGGMLTensor": "onnxq.ggml",
+    "GGMLQuantType": "onnxq.formats",
+    "GGMLQuantizer": "onnxq.ggml.codec",
+    "QuantizedGGMLTensor": "onnxq.ggml.codec",
     "get_library_path": "onnxq.runtime",
     "register_library": "onnxq.runtime",
     "InferenceSession": "onnxq.runtime",
     "kernel_isa": "onnxq.runtime",
     "model_needs_library": "onnxq.runtime",
-    "quantize": "onnxq.quantize",
-    "QuantizeReport": "onnxq.quantize",
+    "quantize": "onnxq.pipeline",
+    "QuantizeReport": "onnxq.report",
     "Recipe": "onnxq.recipe",
-    "load_recipe": "onnxq.recipe",
+    "load_recipe": "onnxq.pipeline",
     "inspect_model": "onnxq.inspect_model",
-    "ImportanceMatrix": "onnxq.imatrix",
-    "compute_imatrix": "onnxq.imatrix",
+    "ImportanceMatrix": "onnxq.ggml.imatrix",
+    "compute_imatrix": "onnxq.ggml.imatrix",
     "SmoothQuantConfig": "onnxq.smoothquant",
     "SmoothQuantizer": "onnxq.smoothquant",
     "MigrationAnalyzer": "onnxq.smoothquant",

@@ -4,7 +4,8 @@
 runs the model on every calibration batch and folds each batch into a
 :class:`TensorStats` per tensor; no batch is kept after it has been folded in (the
 optional row samples are a fixed-size reservoir), so memory is bounded by one batch's
-activations plus the statistics.
+activations plus the statistics. :func:`calibrate_many` serves several consumers (the
+SmoothQuant pass, the importance matrix, AWQ) from one run over the data.
 
 Calibration data can be any of:
 
@@ -35,7 +36,9 @@ from .errors import CalibrationError, ModelError
 __all__ = [
     "TensorStats",
     "CalibrationCache",
+    "StatsRequest",
     "calibrate",
+    "calibrate_many",
     "iter_batches",
     "model_input_specs",
     "validate_batch",
@@ -256,6 +259,23 @@ class TensorStats:
         width = self.hist_range / self.bins
         frac = 0.0 if cum[i] <= cum[i - 1] else (q - cum[i - 1]) / (cum[i] - cum[i - 1])
         return float(min(peak, (i - 1 + frac) * width))
+
+    def scaled(self, s: np.ndarray) -> "TensorStats":
+        """The statistics of X / s (s > 0 per channel) from those of X: exact for the
+        per-channel quantities and the sampled rows; the per-tensor histograms cannot be
+        rescaled per channel and are dropped (percentiles then fall back to min/max)."""
+        s = np.asarray(s, np.float32)
+        s64 = s.astype(np.float64)
+        out = TensorStats(self.name, self.channels, self.bins, self.count)
+        if self.channel_min is not None:
+            out.channel_min = (self.channel_min / s).astype(np.float32)
+            out.channel_max = (self.channel_max / s).astype(np.float32)
+            out.sum_squares = self.sum_squares / np.square(s64)
+            out.sum_abs = self.sum_abs / s64
+        out.samples = None if self.samples is None else (self.samples / s).astype(np.float32)
+        out.holdout = None if self.holdout is None else (self.holdout / s).astype(np.float32)
+        out._seen_samples, out._seen_holdout = self._seen_samples, self._seen_holdout
+        return out
 
     def rows_for_evaluation(self) -> Optional[np.ndarray]:
         """Held-out rows when there are any, else the in-sample reservoir."""
@@ -511,6 +531,17 @@ class _Session:
         self._tmp = None
 
 
+@dataclass(frozen=True)
+class StatsRequest:
+    """What one consumer of a calibration pass needs: statistics of ``tensors`` with its
+    own histogram resolution, row samples and held-out batches (see :func:`calibrate`)."""
+
+    tensors: tuple
+    bins: int = DEFAULT_BINS
+    sample_rows: int = 0
+    holdout_every: int = 0
+
+
 def calibrate(
     model: Union[str, os.PathLike, onnx.ModelProto],
     tensors: Sequence[str],
@@ -549,8 +580,30 @@ def calibrate(
         CalibrationError: empty data, inputs that do not match the model, unknown tensors,
             non-finite activations.
     """
+    request = StatsRequest(tuple(dict.fromkeys(tensors)), bins, sample_rows, holdout_every)
+    return calibrate_many(model, {"": request}, data, batch_size=batch_size, max_batches=max_batches, seed=seed,
+                          base_dir=base_dir, progress=progress, session_options=session_options,
+                          providers=providers)[""]
+
+
+def calibrate_many(
+    model: Union[str, os.PathLike, onnx.ModelProto],
+    requests: Mapping[str, StatsRequest],
+    data: Union[CalibrationData, CalibrationCache],
+    *,
+    batch_size: int = 8,
+    max_batches: Optional[int] = None,
+    seed: int = 0,
+    base_dir: Optional[str] = None,
+    progress: bool = True,
+    session_options: Any = None,
+    providers: Optional[Sequence[str]] = None,
+) -> dict[str, dict[str, TensorStats]]:
+    """One onnxruntime pass over ``data`` that serves several consumers at once:
+    ``{consumer: StatsRequest}`` -> ``{consumer: {tensor: TensorStats}}``. Each consumer
+    gets its own statistics (its own bins, samples and held-out batches, its sampling
+    seeded with ``seed``), exactly as a :func:`calibrate` call of its own would give."""
     proto, base_dir = _load(model, base_dir)
-    tensors = list(dict.fromkeys(tensors))
     if isinstance(data, CalibrationCache):
         source: Iterable[dict] = data
         specs = None
@@ -558,38 +611,25 @@ def calibrate(
     else:
         source = iter_batches(data, batch_size)
         specs = model_input_specs(proto)
-        total = None
         try:
             total = len(data)  # type: ignore[arg-type]
         except Exception:
             total = None
     if max_batches is not None and total is not None:
         total = min(total, max_batches)
-    stats: dict[str, TensorStats] = {}
-    rng = np.random.default_rng(seed)
-    session = _Session(proto, tensors, base_dir, session_options, providers)
+    wanted = list(dict.fromkeys(t for r in requests.values() for t in r.tensors))
+    stats: dict[str, dict[str, TensorStats]] = {key: {} for key in requests}
+    rngs = {key: np.random.default_rng(seed) for key in requests}
+    session = _Session(proto, wanted, base_dir, session_options, providers)
     seen = 0
     try:
         bar = _progress(total, progress)
         for i, batch in enumerate(source):
             if max_batches is not None and i >= max_batches:
                 break
-            feeds = batch if specs is None else validate_batch(batch, specs, i)
-            outputs = session.run(feeds)
-            held_out = holdout_every > 0 and i % holdout_every == holdout_every - 1
-            for name in tensors:
-                value = np.asarray(outputs[name])
-                st = stats.get(name)
-                if st is None:
-                    c = value.shape[-1] if value.ndim else 0
-                    if c <= 0:
-                        raise CalibrationError(f"tensor {name!r} is a scalar; it has no channel axis to calibrate")
-                    st = stats[name] = TensorStats(name, int(c), bins=bins)
-                if held_out:
-                    st.add_samples(value, sample_rows, rng, holdout=True)
-                else:
-                    st.update(value)
-                    st.add_samples(value, sample_rows, rng)
+            outputs = session.run(batch if specs is None else validate_batch(batch, specs, i))
+            for key, request in requests.items():
+                _fold_batch(stats[key], request, outputs, i, rngs[key])
             seen += 1
             bar.update(1)
         bar.close()
@@ -597,13 +637,34 @@ def calibrate(
         session.close()
     if seen == 0:
         raise CalibrationError("calibration data is empty: the reader/iterable/file produced no batches")
-    for name, st in stats.items():
-        if st.count == 0:
-            raise CalibrationError(
-                f"no statistics for tensor {name!r}: every batch was held out "
-                f"(holdout_every={holdout_every} with {seen} batches)"
-            )
+    for request, got in zip(requests.values(), stats.values()):
+        for name, st in got.items():
+            if st.count == 0:
+                raise CalibrationError(
+                    f"no statistics for tensor {name!r}: every batch was held out "
+                    f"(holdout_every={request.holdout_every} with {seen} batches)"
+                )
     return stats
+
+
+def _fold_batch(stats: dict[str, TensorStats], request: StatsRequest, outputs: Mapping[str, np.ndarray],
+                index: int, rng: np.random.Generator) -> None:
+    """Fold batch ``index`` into one consumer's statistics."""
+    k = request.holdout_every
+    held_out = k > 0 and index % k == k - 1
+    for name in request.tensors:
+        value = np.asarray(outputs[name])
+        st = stats.get(name)
+        if st is None:
+            c = value.shape[-1] if value.ndim else 0
+            if c <= 0:
+                raise CalibrationError(f"tensor {name!r} is a scalar; it has no channel axis to calibrate")
+            st = stats[name] = TensorStats(name, int(c), bins=request.bins)
+        if held_out:
+            st.add_samples(value, request.sample_rows, rng, holdout=True)
+        else:
+            st.update(value)
+            st.add_samples(value, request.sample_rows, rng)
 
 
 def _progress(total: Optional[int], enabled: bool):

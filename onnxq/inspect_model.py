@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .analyze import FLOAT_TYPES, ModelGraph, find_sites, infer_role, layer_index
-from .ggml_ops import MATMUL_OP, ggml_node_attributes, is_ggml_node
-from .modelio import load_model, tensor_nbytes
+from .ggml.nodes import MATMUL_OP, ggml_node_attributes, is_ggml_node
+from .modelio import file_bytes, load_model, tensor_nbytes
+from .sites import FLOAT_TYPES, ModelGraph, find_sites, infer_role, layer_index
+from .units import bits_per_weight, format_bytes, record
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,7 +57,7 @@ class LayerInfo:
 
     @property
     def bits_per_weight(self) -> float:
-        return 8.0 * self.weight_bytes / self.params if self.params else 0.0
+        return bits_per_weight(self.weight_bytes, self.params) or 0.0
 
 
 @dataclass
@@ -90,7 +91,7 @@ class ModelInspection:
     def bits_per_weight(self) -> float:
         """Average over all layers (shared weights once)."""
         p = self.layer_params
-        return 8.0 * self.layer_bytes / p if p else 0.0
+        return bits_per_weight(self.layer_bytes, p) or 0.0
 
     def by_method(self) -> List[Dict[str, Any]]:
         rows: Dict[str, Dict[str, Any]] = {}
@@ -101,7 +102,7 @@ class ModelInspection:
                 row["params"] += l.params
                 row["bytes"] += l.nbytes
         for row in rows.values():
-            row["bits_per_weight"] = 8.0 * row["bytes"] / row["params"] if row["params"] else None
+            row["bits_per_weight"] = bits_per_weight(row["bytes"], row["params"])
         return list(rows.values())
 
     def to_dict(self) -> Dict[str, Any]:
@@ -117,15 +118,7 @@ class ModelInspection:
             "other_bytes": self.other_bytes,
             "metadata": self.metadata,
             "by_method": self.by_method(),
-            "layers": [
-                {
-                    "name": l.name, "op_type": l.op_type, "method": l.method, "role": l.role, "layer": l.layer,
-                    "K": l.K, "N": l.N, "params": l.params, "weight": l.weight, "bytes": l.nbytes,
-                    "bits_per_weight": l.bits_per_weight, "tail_type": l.tail_type, "mode": l.mode,
-                    "shared_with": l.shared_with,
-                }
-                for l in self.layers
-            ],
+            "layers": [record(l, _LAYER_KEYS) for l in self.layers],
         }
 
     def table(self) -> str:
@@ -163,12 +156,8 @@ class ModelInspection:
         return "\n".join(lines)
 
 
-def format_bytes(n: int) -> str:
-    """``1.23 MB`` style (decimal units), as the closing tables print sizes."""
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n} B"
+_LAYER_KEYS = ("name", "op_type", "method", "role", "layer", "K", "N", "params", "weight", ("bytes", "nbytes"),
+               "bits_per_weight", "tail_type", "mode", "shared_with")
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -202,15 +191,13 @@ class _Bytes:
 
 def inspect_model(path: PathLike) -> ModelInspection:
     """Per-layer report of the model at ``path`` (any onnxq output or float model)."""
-    from .quantize import model_file_bytes
-
     path = os.fspath(path)
     model = load_model(path)
     graph = ModelGraph(model)
     sizes = _Bytes(model)
     result = ModelInspection(path=os.path.abspath(path))
     result.metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith("onnxq.")}
-    result.file_bytes = model_file_bytes(path, model)
+    result.file_bytes = file_bytes(path, model)
 
     def add(node, op, method, weight, K, N, tensors, role=None, **extra):
         added, total, owner = sizes.claim([weight, *tensors], node.name)

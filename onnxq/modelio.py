@@ -147,24 +147,37 @@ def find_initializer(model: onnx.ModelProto, name: str) -> Optional[TensorProto]
     return None
 
 
-def set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> TensorProto:
-    """Replace (or add) initializer ``name`` with ``array``; returns the new TensorProto."""
-    new = numpy_helper.from_array(np.ascontiguousarray(array), name=name)
-    for index, tensor in enumerate(model.graph.initializer):
-        if tensor.name == name:
-            model.graph.initializer[index].CopyFrom(new)
-            return model.graph.initializer[index]
-    model.graph.initializer.append(new)
-    return model.graph.initializer[-1]
+def file_bytes(path: PathLike, model: Optional[onnx.ModelProto] = None) -> int:
+    """Bytes of an .onnx file plus every external data file it references (``model``:
+    the same file already loaded, to avoid parsing it again)."""
+    path = os.fspath(path)
+    total = os.path.getsize(path)
+    if model is None:
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception:
+            return total
+    base = model_dir(path)
+    seen = set()
+    for t in model.graph.initializer:
+        if is_external(t):
+            loc = _external_info(t).get("location")
+            if loc and loc not in seen:
+                seen.add(loc)
+                full = os.path.join(base, loc)
+                if os.path.isfile(full):
+                    total += os.path.getsize(full)
+    return total
 
 
-def remove_initializers(model: onnx.ModelProto, names: Iterable[str]) -> None:
-    """Remove the named initializers (in place)."""
-    drop = set(names)
-    keep = [t for t in model.graph.initializer if t.name not in drop]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+def set_metadata(model: onnx.ModelProto, values: Dict[str, str]) -> None:
+    """Set (replace) metadata_props entries of ``model`` in place."""
+    keep = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 # ----------------------------------------------------------------------------- saving

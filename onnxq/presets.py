@@ -1,4 +1,5 @@
-"""Built-in recipes (``onnxq quantize --recipe NAME``).
+"""Built-in recipes (``onnxq quantize --recipe NAME``), as the dicts a recipe file holds
+(:func:`onnxq.recipe.get_preset` turns one into a :class:`~onnxq.recipe.Recipe`).
 
 * one per GGML type (``q4_0`` ... ``q6_k``): every linear layer, the head and the
   embeddings in that type; K-quants use 32-element tail blocks where the width is not a
@@ -11,17 +12,14 @@
 * ``encoder-q6`` / ``encoder-q5``: for BERT-style encoders, where the value projections are
   the most sensitive layers (measured per layer on all-MiniLM-L6-v2);
 * ``encoder-q6-awq``: one type (Q6_K) everywhere plus activation-aware weight scaling
-  (:mod:`onnxq.awq`) when calibration data is given; a post-norm encoder's norms also
+  (:mod:`onnxq.ggml.awq`) when calibration data is given; a post-norm encoder's norms also
   feed the residual, so the scales go into explicit Muls (one elementwise op per group);
 * ``llama-mixed``: embeddings and head kept in float, the first quarter of the blocks
   SmoothQuant W8A8, the middle half Q6_K, the last quarter Q5_0.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Dict, List, Optional
-
-from .recipe import Recipe, recipe_from_dict
+from typing import Any, Dict, List, Optional, Tuple
 
 _SINGLE_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k")
 
@@ -99,11 +97,12 @@ def preset_names() -> List[str]:
     return list(PRESETS)
 
 
-def get_preset(name: str) -> Optional[Recipe]:
-    """The preset called ``name`` (case-insensitive, ``-`` and ``_`` alike), or None."""
+def preset_spec(name: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(canonical name, recipe dict) of the preset called ``name`` (case-insensitive, ``-``
+    and ``_`` alike), or None."""
     key = name.strip().lower()
     for candidate in (key, key.replace("_", "-"), key.replace("-", "_")):
         spec = PRESETS.get(candidate)
         if spec is not None:
-            return dataclasses.replace(recipe_from_dict(spec, name=candidate), builtin=True)
+            return candidate, spec
     return None

@@ -1,4 +1,5 @@
-"""Recipes: which method each layer gets, and the plan that applies one to a model.
+"""Recipes: the language that says which method each layer gets, and :func:`plan`, which
+applies one to a model's sites (the plan itself is data: :mod:`onnxq.plan`).
 
 A recipe is a default method plus an ordered list of rules; for every site the *last*
 rule that matches wins, and sites no rule matches get the default. A rule selects sites
@@ -19,8 +20,8 @@ A method is ``keep`` (float), ``smoothquant`` (W8A8, delegated to
 activations quantized to 8-bit blocks as ggml does).
 
 A recipe may also ask for activation-aware weight scaling of its GGML layers before
-packing (``"awq": true`` or a mapping of :class:`onnxq.awq.AWQConfig` fields); it runs
-when calibration data is given.
+packing (``"awq": true`` or a mapping of :class:`onnxq.ggml.awq.AWQConfig` fields); it
+runs when calibration data is given.
 
 Recipes come from a dict, a JSON or YAML file, or a built-in preset name
 (:mod:`onnxq.presets`). Everything is validated up front: bad input raises
@@ -28,80 +29,26 @@ Recipes come from a dict, a JSON or YAML file, or a built-in preset name
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from .analyze import Analysis, EmbeddingSite, LinearSite
+from . import presets
 from .errors import RecipeError
-
-KEEP = "keep"
-SMOOTHQUANT = "smoothquant"
-GGML = "ggml"
-
-LINEAR_ROLES = ("q", "k", "v", "o", "qkv", "gate", "up", "down", "head", "other")
-EMBEDDING_ROLE = "embedding"
-ROLES = LINEAR_ROLES + (EMBEDDING_ROLE,)
-MODES = ("exact", "fast")
-#: float activations: measured on SmolLM2 / MiniLM as fast as "fast" with onnxq's kernels
-#: and closer to float (MiniLM Q6_K: mean cosine 0.99842 exact vs 0.99689 fast)
-DEFAULT_MODE = "exact"
+from .formats import K_QUANTS, TAIL_TYPES, WEIGHT_TYPES, default_tail_type
+from .plan import DEFAULT_MODE, GGML, KEEP, MODES, SMOOTHQUANT, Decision, Method, Plan, parse_alpha
+from .sites import EMBEDDING_ROLE, ROLES, Analysis, EmbeddingSite, LinearSite
 
 _RULE_KEYS = ("match", "regex", "role", "layers", "method", "tail_type", "mode", "alpha", "comment")
 _TOP_KEYS = ("name", "description", "default", "mode", "rules", "awq")
 _METHOD_KEYS = ("method", "tail_type", "mode", "alpha")
 
 # ----------------------------------------------------------------------------- methods
-
-
-def _ggml_types() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-    from .ggml_ops import TAIL_TYPES, WEIGHT_TYPES
-
-    return WEIGHT_TYPES, TAIL_TYPES
-
-
-def default_tail_type(qtype: str) -> Optional[str]:
-    """The 32-element tail of a K-quant (Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0), else None.
-
-    These are the types llama.cpp falls back to for a whole tensor whose width is not a
-    multiple of 256; onnxq uses them only for the last ``K mod 256`` columns.
-    """
-    from .quant_types import GGMLQuantType
-
-    qt = GGMLQuantType.parse(qtype)
-    tail = qt.default_tail if qt.is_k_quant else None
-    return tail.name if tail is not None else None
-
-
-@dataclass(frozen=True)
-class Method:
-    """What happens to one site: ``keep``, ``smoothquant`` or ``ggml`` with a type."""
-
-    kind: str
-    qtype: Optional[str] = None  # "Q4_K" for kind == ggml
-    #: None: the type's default tail (K-quants); "NONE": pad to 256; else a 32-element type
-    tail_type: Optional[str] = None
-    mode: Optional[str] = None  # None: the recipe's mode
-    alpha: Optional[Union[float, str]] = None  # smoothquant only: a number or "auto"
-
-    @property
-    def label(self) -> str:
-        """Short name for tables: ``keep``, ``smoothquant``, ``Q4_K``."""
-        return self.qtype if self.kind == GGML else self.kind
-
-    def to_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"method": self.qtype.lower() if self.kind == GGML else self.kind}
-        if self.tail_type is not None:
-            out["tail_type"] = self.tail_type.lower()
-        if self.mode is not None:
-            out["mode"] = self.mode
-        if self.alpha is not None:
-            out["alpha"] = self.alpha
-        return out
 
 
 def parse_method(spec: Any, where: str) -> Method:
@@ -119,7 +66,6 @@ def parse_method(spec: Any, where: str) -> Method:
 def _method(name: Any, tail: Any, mode: Any, alpha: Any, where: str) -> Method:
     if not isinstance(name, str) or not name.strip():
         raise RecipeError(f"{where}: method must be a string (keep, smoothquant or a GGML type), got {name!r}")
-    weight_types, tail_types = _ggml_types()
     key = name.strip().lower()
     if mode is not None and mode not in MODES:
         raise RecipeError(f"{where}: mode {mode!r} must be one of {', '.join(MODES)}")
@@ -127,24 +73,24 @@ def _method(name: Any, tail: Any, mode: Any, alpha: Any, where: str) -> Method:
         kind, qtype = KEEP, None
     elif key == SMOOTHQUANT:
         kind, qtype = SMOOTHQUANT, None
-    elif key.upper() in weight_types:
+    elif key.upper() in WEIGHT_TYPES:
         kind, qtype = GGML, key.upper()
     else:
         raise RecipeError(
             f"{where}: unknown method {name!r} (expected keep, smoothquant or one of "
-            f"{', '.join(t.lower() for t in weight_types)})"
+            f"{', '.join(t.lower() for t in WEIGHT_TYPES)})"
         )
     tail_type: Optional[str] = None
     if tail is not None:
         if kind != GGML:
             raise RecipeError(f"{where}: tail_type is only valid with a GGML type, not {key}")
         t = str(tail).strip().upper()
-        if qtype not in ("Q4_K", "Q5_K", "Q6_K"):
+        if qtype not in K_QUANTS:
             raise RecipeError(f"{where}: tail_type applies to K-quants (q4_k, q5_k, q6_k), not {key}")
-        if t not in tail_types and t != "NONE":
+        if t not in TAIL_TYPES and t != "NONE":
             raise RecipeError(
                 f"{where}: tail_type {tail!r} must be a 32-element type "
-                f"({', '.join(x.lower() for x in tail_types)}) or none"
+                f"({', '.join(x.lower() for x in TAIL_TYPES)}) or none"
             )
         tail_type = t
     if mode is not None and kind != GGML:
@@ -152,13 +98,7 @@ def _method(name: Any, tail: Any, mode: Any, alpha: Any, where: str) -> Method:
     if alpha is not None:
         if kind != SMOOTHQUANT:
             raise RecipeError(f"{where}: alpha applies to smoothquant only, not {key}")
-        if alpha != "auto":
-            try:
-                alpha = float(alpha)
-            except (TypeError, ValueError):
-                raise RecipeError(f"{where}: alpha must be a number in [0, 1] or 'auto', got {alpha!r}") from None
-            if not 0.0 <= alpha <= 1.0:
-                raise RecipeError(f"{where}: alpha must be in [0, 1], got {alpha}")
+        alpha = parse_alpha(alpha, f"{where}: alpha")
     return Method(kind, qtype, tail_type, mode, alpha)
 
 
@@ -462,14 +402,13 @@ def recipe_from_dict(spec: Mapping[str, Any], name: Optional[str] = None) -> Rec
 
 
 def _parse_awq(value: Any) -> Any:
-    """A recipe's ``awq``: a bool or a mapping of AWQ settings (validated), stored hashable."""
+    """A recipe's ``awq``: a bool or a mapping of AWQ settings, stored hashable. The
+    settings themselves belong to the GGML wing, which checks them when the recipe is
+    resolved for a run (:func:`onnxq.pipeline.resolve_recipe`), before any work."""
     if isinstance(value, bool):
         return value
-    if not isinstance(value, Mapping):
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise RecipeError(f"recipe: awq must be true, false or a mapping of AWQ settings, got {value!r}")
-    from .awq import AWQConfig
-
-    AWQConfig.from_options(value)  # validates, raises RecipeError
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in value.items()))
 
 
@@ -484,14 +423,12 @@ def single_type_recipe(qtype: str, mode: Optional[str] = None) -> Recipe:
 def with_keep_rules(recipe: Recipe, patterns: Iterable[str]) -> Recipe:
     """``recipe`` plus one last rule per glob: sites whose node or weight name matches stay
     float (``onnxq quantize --keep``). Being last, these rules override the recipe's own."""
-    from dataclasses import replace
-
     rules = list(recipe.rules)
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:
             raise RecipeError(f"a keep pattern must be a non-empty glob, got {pattern!r}")
         rules.append(parse_rule({"match": pattern, "method": KEEP, "comment": "--keep"}, len(rules)))
-    return replace(recipe, rules=tuple(rules))
+    return dataclasses.replace(recipe, rules=tuple(rules))
 
 
 def load_recipe(source: Union[str, os.PathLike, Mapping[str, Any], Recipe]) -> Recipe:
@@ -503,14 +440,22 @@ def load_recipe(source: Union[str, os.PathLike, Mapping[str, Any], Recipe]) -> R
     path = os.fspath(source)
     if os.path.isfile(path):
         return _load_file(path)
-    from .presets import get_preset, preset_names
-
     preset = get_preset(path)
     if preset is not None:
         return preset
     if path.lower().endswith((".json", ".yaml", ".yml")) or os.sep in path:
         raise RecipeError(f"recipe file {path} does not exist")
-    raise RecipeError(f"unknown recipe {path!r}: not a file and not a preset (presets: {', '.join(preset_names())})")
+    raise RecipeError(
+        f"unknown recipe {path!r}: not a file and not a preset (presets: {', '.join(presets.preset_names())})")
+
+
+def get_preset(name: str) -> Optional[Recipe]:
+    """The built-in recipe called ``name`` (case-insensitive, ``-`` and ``_`` alike), or None."""
+    found = presets.preset_spec(name)
+    if found is None:
+        return None
+    key, spec = found
+    return dataclasses.replace(recipe_from_dict(spec, name=key), builtin=True)
 
 
 def _load_file(path: str) -> Recipe:
@@ -543,39 +488,6 @@ def _load_file(path: str) -> Recipe:
 # ----------------------------------------------------------------------------- planning
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The method chosen for one site, resolved (mode and tail filled in), and why."""
-
-    site: str
-    kind: str  # "linear" | "embedding"
-    method: Method
-    source: str  # "default" / "rule 3" / "--type"
-    note: Optional[str] = None  # why the recipe's method was changed (e.g. smoothquant on an embedding)
-
-    @property
-    def label(self) -> str:
-        return self.method.label
-
-
-@dataclass
-class Plan:
-    """A decision per site, plus warnings (rules that matched nothing, methods changed)."""
-
-    recipe: Recipe
-    decisions: List[Decision] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
-
-    def get(self, site: str) -> Decision:
-        for d in self.decisions:
-            if d.site == site:
-                return d
-        raise KeyError(site)
-
-    def by_kind(self, kind: str) -> List[Decision]:
-        return [d for d in self.decisions if d.method.kind == kind]
-
-
 def _resolve_method(method: Method, recipe: Recipe, K: int) -> Method:
     if method.kind != GGML:
         return method
@@ -589,15 +501,12 @@ def _resolve_method(method: Method, recipe: Recipe, K: int) -> Method:
     return Method(GGML, method.qtype, tail, method.mode or recipe.mode, None)
 
 
-def plan(analysis: Analysis, recipe: Recipe, *, smoothquant_available: Optional[bool] = None) -> Plan:
+def plan(analysis: Analysis, recipe: Recipe) -> Plan:
     """Choose a method for every linear and embedding site of ``analysis``.
 
-    The last matching rule wins, else the default. SmoothQuant on an embedding is not
-    possible and becomes ``keep`` (noted); when onnxq.smoothquant cannot be applied in
-    this build, smoothquant sites are kept and the plan says so.
+    The last matching rule wins, else the default. SmoothQuant on an embedding, or on a
+    weight another node also reads, is not possible: the site is kept (noted).
     """
-    if smoothquant_available is None:
-        smoothquant_available = smoothquant_supported()
     result = Plan(recipe)
     used = [False] * len(recipe.rules)
     sites: List[Union[LinearSite, EmbeddingSite]] = [*analysis.linear, *analysis.embeddings]
@@ -613,22 +522,8 @@ def plan(analysis: Analysis, recipe: Recipe, *, smoothquant_available: Optional[
             method, note = Method(KEEP), "smoothquant does not apply to an embedding lookup: kept"
         elif method.kind == SMOOTHQUANT and getattr(site, "weight_shared", False):
             method, note = Method(KEEP), "smoothquant would change a weight another node also reads: kept"
-        elif method.kind == SMOOTHQUANT and not smoothquant_available:
-            method, note = Method(KEEP), "smoothquant is not available in this build: kept"
         result.decisions.append(Decision(site.name, info.kind, _resolve_method(method, recipe, site.K), source, note))
     for rule, hit in zip(recipe.rules, used):
         if not hit and not recipe.builtin:
             result.warnings.append(f"{rule.describe()} matches no layer")
-    dropped = sum(1 for d in result.decisions if d.note and "not available" in d.note)
-    if dropped:
-        result.warnings.append(f"{dropped} layer(s) planned for smoothquant were kept: smoothquant is not available")
     return result
-
-
-def smoothquant_supported() -> bool:
-    """True when onnxq.smoothquant provides the per-site entry point recipes use."""
-    try:
-        from . import smoothquant
-    except Exception:
-        return False
-    return callable(getattr(smoothquant, "apply_smoothquant", None))

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from onnxq.ggml_ops import K_QUANTS, MAX_K, MAX_N, TAIL_TYPES, WEIGHT_TYPES, row_bytes  # noqa: E402
+from onnxq.formats import K_QUANTS, MAX_K, MAX_N, TAIL_TYPES, WEIGHT_TYPES, row_bytes  # noqa: E402
 from ops_testlib import ORT_ERRORS, fast_bound, make_model, quantized_weight, reference, session, vinfo  # noqa: E402
 
 MISSING = object()

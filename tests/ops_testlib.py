@@ -18,7 +18,8 @@ from gguf.quants import quantize as gguf_quantize
 from onnx import TensorProto, helper
 
 from onnxq import runtime
-from onnxq.ggml_ops import BLOCK_TRAITS, K_QUANTS, onnxq_opset, row_bytes
+from onnxq.formats import BLOCK_TRAITS, K_QUANTS, row_bytes
+from onnxq.ggml.nodes import onnxq_opset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -2,7 +2,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from onnxq.analyze import ModelGraph, bias_vector, find_sites, infer_role, input_groups, layer_index, weight_matrix_kn
+from onnxq.sites import ModelGraph, bias_vector, find_sites, infer_role, input_groups, layer_index, weight_matrix_kn
 from graph_factory import gemm_model, tiny_bert_layer, tiny_decoder
 
 

@@ -11,10 +11,13 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxq.analyze import find_sites
-from onnxq.awq import AWQConfig, GroupErrorModel, apply_awq, awq_scales, awq_tensors, calibrate_for_awq
+import onnxq
+
+from onnxq.sites import find_sites
+from onnxq.ggml.awq import AWQConfig, GroupErrorModel, apply_awq, awq_scales, awq_tensors, calibrate_for_awq
 from onnxq.errors import CalibrationError, RecipeError
-from onnxq.quantize import AWQ_KEY, quantize
+from onnxq import quantize
+from onnxq.ggml.step import AWQ_KEY
 from onnxq.recipe import plan, recipe_from_dict, single_type_recipe
 
 from smoothquant_toys import build_norm_linears, build_toy, run, run_all, toy_inputs
@@ -115,7 +118,7 @@ def test_awq_on_a_toy_transformer_lowers_each_site_error(tmp_path):
     # with 80x outliers do not add up (softmax), so sites are checked one by one
     from onnx import numpy_helper
 
-    from onnxq.analyze import ModelGraph
+    from onnxq.sites import ModelGraph
     from onnxq.ggml import GGMLQuantizer
 
     model = build_toy("rmsnorm_decomposed", layers=1)
@@ -185,8 +188,8 @@ def test_options_and_errors(tmp_path):
         quantize(src, tmp_path / "a.onnx", type="q4_0", awq=True, progress=False)
     with pytest.raises(RecipeError, match="unknown awq option 'alpha'"):
         quantize(src, tmp_path / "a.onnx", type="q4_0", awq={"alpha": 0.5}, calibration_data=_calib(), progress=False)
-    with pytest.raises(RecipeError, match="grid"):
-        recipe_from_dict({"default": "q4_0", "awq": {"grid": [0.5, 2.0]}})
+    with pytest.raises(RecipeError, match="grid"):  # the AWQ settings of a recipe are checked when loaded
+        onnxq.load_recipe({"default": "q4_0", "awq": {"grid": [0.5, 2.0]}})
     recipe = {"default": "q4_0", "awq": {"grid": [0.0, 0.5]}}
     assert recipe_from_dict(recipe).to_dict()["awq"] == {"grid": (0.0, 0.5)}
     # a recipe's awq without data: a warning, and the model is packed without it

@@ -118,9 +118,8 @@ def test_bad_input_one_line_error_and_nothing_left(tmp_path, case):
 
 def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     """A codec error during packing: no output, no temporary files, the error propagates."""
-    import onnxq.ggml_pass as gp
     from onnxq.errors import ModelError
-    from onnxq.quantize import quantize
+    from onnxq import quantize
 
     model = tiny_decoder(layers=1)
     # a NaN in one weight: the pass refuses it after other tensors were already written

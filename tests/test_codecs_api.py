@@ -9,10 +9,10 @@ import pytest
 
 import onnxq
 from onnxq import _codecs, cli
-from onnxq import ggml as ggml_module
-from onnxq import quant_types as quant_types_module
+from onnxq.ggml import codec as ggml_module
+from onnxq import formats as quant_types_module
 from onnxq.ggml import GGMLQuantizer, QuantizedGGMLTensor
-from onnxq.quant_types import GGMLQuantType, effective_bits_per_weight, row_bytes
+from onnxq.formats import GGMLQuantType, effective_bits_per_weight, row_bytes
 
 EXPECTED = {  # name: (ggml id, block size, bytes per block, bits per weight, default tail)
     "Q4_0": (2, 32, 18, 4.5, None),

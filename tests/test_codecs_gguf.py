@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from onnxq.ggml import GGMLQuantizer, QuantizedGGMLTensor
-from onnxq.quant_types import GGMLQuantType
+from onnxq.formats import GGMLQuantType
 
 gguf_quants = pytest.importorskip("gguf.quants")
 import gguf  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 from onnxq import _codecs
 from onnxq.ggml import GGMLQuantizer, QuantizedGGMLTensor
-from onnxq.quant_types import GGMLQuantType
+from onnxq.formats import GGMLQuantType
 
 VECTORS = Path(__file__).parent / "data" / "ggml-vectors.npz"
 CASES = ["normal", "heavy_tail", "scaled_mix", "edge"]

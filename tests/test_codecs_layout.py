@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from onnxq import _codecs
 from onnxq.ggml import GGMLQuantizer
-from onnxq.quant_types import GGMLQuantType, row_layout
+from onnxq.formats import GGMLQuantType, row_layout
 
 WEIGHT_TYPES = [t for t in GGMLQuantType if t.is_weight_type]
 K_QUANTS = [GGMLQuantType.Q4_K, GGMLQuantType.Q5_K, GGMLQuantType.Q6_K]

@@ -3,8 +3,8 @@ import hashlib
 
 import pytest
 
-from onnxq.evaluate import corpus as corpus_mod
-from onnxq.evaluate.corpus import Corpus, DataError, SentenceSet, default_corpus, default_sentences
+from onnxq import corpora as corpus_mod
+from onnxq.corpora import Corpus, DataError, SentenceSet, default_corpus, default_sentences
 
 
 def test_shipped_files_match_their_pinned_hashes():

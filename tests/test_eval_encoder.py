@@ -5,7 +5,7 @@ import pytest
 
 from eval_toys import encoder_tokenizer, rounded_8bit, save, toy_encoder
 from onnxq.evaluate import DataError, SentenceSet, default_sentences, evaluate
-from onnxq.evaluate.corpus import DEFAULT_SENTENCES_SHA256
+from onnxq.corpora import DEFAULT_SENTENCES_SHA256
 
 
 @pytest.fixture(scope="module")

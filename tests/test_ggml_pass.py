@@ -13,11 +13,12 @@ from gguf import quants as gguf_quants
 from onnx import TensorProto, helper, numpy_helper
 
 from graph_factory import finish, gemm_model, tiny_bert_layer, tiny_decoder
-from onnxq.analyze import find_sites
-from onnxq.ggml_ops import BLOCK_TRAITS, ggml_node_attributes, is_ggml_node
+from onnxq.sites import find_sites
+from onnxq.formats import BLOCK_TRAITS
+from onnxq.ggml.nodes import ggml_node_attributes, is_ggml_node
 from onnxq.inspect_model import inspect_model
 from onnxq.modelio import get_initializer_array, load_model, save_model
-from onnxq.quantize import quantize
+from onnxq import quantize
 from onnxq.runtime import InferenceSession
 
 
@@ -331,7 +332,7 @@ def test_external_data_in_and_out(tmp_path):
 
 
 def test_imatrix_is_mean_square_of_site_inputs_and_changes_blocks(tmp_path):
-    from onnxq.imatrix import ImportanceMatrix, compute_imatrix
+    from onnxq.ggml.imatrix import ImportanceMatrix, compute_imatrix
 
     model = tiny_decoder(layers=1, hidden=256, ffn=256)
     src = save(model, tmp_path / "in.onnx")

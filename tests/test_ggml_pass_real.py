@@ -5,7 +5,7 @@ import pytest
 from onnxq.evaluate import evaluate
 from onnxq.inspect_model import inspect_model
 from onnxq.modelio import load_model
-from onnxq.quantize import quantize
+from onnxq import quantize
 
 pytestmark = pytest.mark.slow
 

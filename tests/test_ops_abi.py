@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxq import runtime
-from onnxq.ggml_ops import make_ggml_gather_node, make_ggml_matmul_node, row_bytes
+from onnxq.formats import row_bytes
+from onnxq.ggml.nodes import make_ggml_gather_node, make_ggml_matmul_node
 from ops_testlib import OPS_DIR, ORT_ERRORS, UNDER_ASAN, build_ops_library, c_compiler, make_model, quantized_weight, vinfo
 
 # From the verified ABI notes (DESIGN's ort-abi.md): name -> (slot, since API version).

@@ -14,7 +14,7 @@ import pytest
 from onnx import helper
 
 from onnxq import runtime
-from onnxq.ggml_ops import make_ggml_matmul_node
+from onnxq.ggml.nodes import make_ggml_matmul_node
 from ops_testlib import ROOT, make_model, quantized_weight, session, vinfo
 
 EXAMPLE = os.path.join(ROOT, "examples", "load_from_c")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.ggml_ops import make_ggml_gather_node, make_ggml_matmul_node, row_bytes
+from onnxq.formats import row_bytes
+from onnxq.ggml.nodes import make_ggml_gather_node, make_ggml_matmul_node
 from ops_testlib import HERE, ORT_ERRORS, UNDER_ASAN, make_model, quantized_weight, session, vinfo
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.ggml_ops import make_ggml_gather_node, make_ggml_matmul_node
+from onnxq.ggml.nodes import make_ggml_gather_node, make_ggml_matmul_node
 from ops_testlib import MatMulOracle, make_model, quantized_weight, session, vinfo
 
 N = 19  # odd: exercises the column remainder of any tiled kernel

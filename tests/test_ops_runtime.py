@@ -1,5 +1,5 @@
 """onnxq.runtime (library path, registration, sessions, kernel ISA, model_needs_library),
-onnxq.ggml_ops (node builders) and concurrent runs."""
+onnxq.ggml.nodes (node builders) and concurrent runs."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxq
-from onnxq import ggml_ops, runtime
+from onnxq import runtime
+from onnxq.ggml import nodes as ggml_ops
 from onnxq.errors import ModelError, OnnxqError
 from ops_testlib import ORT_ERRORS, exact_bound, fast_bound, make_model, quantized_weight, reference, session, vinfo
 
@@ -112,10 +113,10 @@ def test_model_needs_library(tmp_path):
 
 
 def test_node_builders_spell_the_contract():
-    assert ggml_ops.row_bytes("Q5_0", 1024) * 32 == 22528  # the README's example
-    assert ggml_ops.row_bytes("Q4_K", 576, "Q8_0") == 2 * 144 + 2 * 34
-    assert ggml_ops.row_bytes("Q4_K", 300) == 2 * 144
-    assert ggml_ops.row_bytes("Q6_K", 300, "Q4_0") == 210 + 2 * 18
+    assert ggml_ops.checked_row_bytes("Q5_0", 1024) * 32 == 22528  # the README's example
+    assert ggml_ops.checked_row_bytes("Q4_K", 576, "Q8_0") == 2 * 144 + 2 * 34
+    assert ggml_ops.checked_row_bytes("Q4_K", 300) == 2 * 144
+    assert ggml_ops.checked_row_bytes("Q6_K", 300, "Q4_0") == 210 + 2 * 18
     blocks = np.zeros((4, 36), np.uint8)
     g = ggml_ops.make_ggml_matmul_node("n", "x", "y", blocks, quant_type="q4_0", K=64, N=4,
                                        bias=np.zeros(4, np.float32), mode="exact")
@@ -133,7 +134,7 @@ def test_node_builders_spell_the_contract():
     with pytest.raises(ModelError, match="unknown ggml quant_type"):
         ggml_ops.make_ggml_gather_node("n", "i", "y", "t", quant_type="Q3_K", K=64, N=4)
     with pytest.raises(ModelError, match="only valid with a K-quant"):
-        ggml_ops.row_bytes("Q4_0", 64, "Q8_0")
+        ggml_ops.checked_row_bytes("Q4_0", 64, "Q8_0")
     with pytest.raises(ModelError, match="mode"):
         ggml_ops.make_ggml_matmul_node("n", "x", "y", "t", quant_type="Q4_0", K=64, N=4, mode="turbo")
     with pytest.raises(ModelError, match="bias"):

@@ -4,10 +4,11 @@ import json
 import pytest
 
 from graph_factory import tiny_bert_layer, tiny_decoder
-from onnxq.analyze import find_sites
+from onnxq.sites import find_sites
 from onnxq.errors import RecipeError
-from onnxq.presets import PRESETS, get_preset, preset_names
+from onnxq.presets import PRESETS, preset_names
 from onnxq.recipe import (
+    get_preset,
     DEFAULT_MODE,
     GGML,
     KEEP,
@@ -154,15 +155,12 @@ def test_k_quant_tail_resolution():
 
 def test_smoothquant_on_embedding_is_kept_with_a_note():
     analysis = find_sites(tiny_decoder(layers=1))
-    result = plan(analysis, recipe_from_dict({"default": "smoothquant"}), smoothquant_available=True)
+    result = plan(analysis, recipe_from_dict({"default": "smoothquant"}))
     emb = [d for d in result.decisions if d.kind == "embedding"][0]
     assert emb.method.kind == KEEP and "embedding" in emb.note
     head = analysis.site("/lm_head/MatMul")
     assert result.get(head.name).method.kind == KEEP and "another node" in result.get(head.name).note  # tied
     assert all(d.method.kind == "smoothquant" for d in result.decisions if d.kind == "linear" and d.site != head.name)
-    unavailable = plan(analysis, recipe_from_dict({"default": "smoothquant"}), smoothquant_available=False)
-    assert all(d.method.kind == KEEP for d in unavailable.decisions)
-    assert any("not available" in w for w in unavailable.warnings)
 
 
 def test_recipe_files_json_and_yaml_and_presets(tmp_path):
@@ -219,7 +217,7 @@ def test_example_recipes_load_and_plan_without_warnings(name):
 
     path = Path(__file__).resolve().parents[1] / "examples" / name
     analysis = find_sites(tiny_decoder(layers=8))
-    result = plan(analysis, load_recipe(str(path)), smoothquant_available=True)
+    result = plan(analysis, load_recipe(str(path)))
     assert result.warnings == []
     by = {d.site: d for d in result.decisions}
     if name == "smoothquant_keep_one.yaml":

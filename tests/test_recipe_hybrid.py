@@ -10,7 +10,7 @@ import pytest
 from onnxq.cli import main
 from onnxq.errors import CalibrationError
 from onnxq.inspect_model import inspect_model
-from onnxq.quantize import quantize
+from onnxq import quantize
 from onnxq.runtime import InferenceSession
 from zoo_tiny_gguf import write_tiny_llama
 

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnxq.analyze import find_sites
+from onnxq.sites import find_sites
 from onnxq.calibrate import calibrate
 from onnxq.errors import CalibrationError, ModelError, RecipeError
 from onnxq.smoothquant import (
@@ -206,7 +206,7 @@ def test_onnxruntime_matches_the_numpy_simulation():
     report = apply_smoothquant(q, None, stats, SmoothQuantConfig(alpha=0.6), "qdq")
     # the same layer through the tensor API
     sites = find_sites(model).linear
-    from onnxq.analyze import ModelGraph, weight_matrix_kn
+    from onnxq.sites import ModelGraph, weight_matrix_kn
 
     w = weight_matrix_kn(ModelGraph(model), sites[0])
     normed = run_all(_with_output(model, norm_out), x)[-1]
@@ -318,7 +318,7 @@ def test_alpha_search_uses_held_out_rows_and_a_pluggable_metric():
     assert choice.error < choice.unsmoothed_error / 10
     assert all(s.alpha == choice.alpha for s in report.sites)
     # the analyzer directly, with another metric: the worst-case absolute error
-    from onnxq.analyze import ModelGraph, weight_matrix_kn
+    from onnxq.sites import ModelGraph, weight_matrix_kn
 
     g = ModelGraph(model)
     ws = {s.name: weight_matrix_kn(g, s) for s in find_sites(model).linear}

@@ -6,7 +6,7 @@ import argparse
 from typing import List, Optional
 
 from ..errors import OnnxqError
-from ..quant_types import GGMLQuantType, row_layout
+from ..formats import GGMLQuantType, row_layout
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -51,15 +51,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import zoo
     from ..errors import OnnxqError
     from ..evaluate import evaluate
-    from ..quantize import quantize
+    from ..pipeline import quantize
+    from ..units import format_bytes
 
     if args.model not in zoo.available():
         raise OnnxqError(f"unknown model {args.model!r}; available: {', '.join(zoo.available())}")
@@ -92,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     lines = ["", f"onnxq demo: {args.model}, recipe {report.recipe.name} (mode {report.recipe.mode})"]
     bpw = report.bits_per_weight
     lines.append(
-        f"  size     {_mb(report.input_bytes)} float32 -> {_mb(report.output_bytes)} "
+        f"  size     {format_bytes(report.input_bytes)} float32 -> {format_bytes(report.output_bytes)} "
         f"({report.size_ratio:.2f}x smaller; quantized weights at {bpw:.2f} bits/weight)"
     )
     numbers = {
@@ -146,7 +143,7 @@ def _decode_speed(args: argparse.Namespace, recipe, out_path: str, progress: boo
     import onnxruntime as ort
 
     from .. import zoo
-    from ..quantize import quantize
+    from ..pipeline import quantize
     from ..runtime import InferenceSession
 
     kv_name = f"{args.model}-kv"

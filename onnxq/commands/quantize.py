@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.alpha is not None or args.format is not None or args.weight_type is not None:
         if not args.recipe:
             raise RecipeError("--alpha/--format/--weight-type apply to --method smoothquant or recipes with smoothquant layers")
-    from ..hybrid import smoothquant_recipe
-    from ..quantize import quantize, resolve_recipe
+    from ..pipeline import quantize, resolve_recipe
     from ..recipe import with_keep_rules
+    from ..smoothquant.step import smoothquant_recipe
 
     sq_options = {}
     if args.alpha is not None:

@@ -14,7 +14,7 @@ Every model is also timed on the same work (sessions created outside the timed r
 from __future__ import annotations
 
 from .api import KIND_TASKS, TASKS, detect_task, evaluate
-from .corpus import (
+from ..corpora import (
     DEFAULT_CORPUS_NAME,
     DEFAULT_CORPUS_SHA256,
     DEFAULT_SENTENCES_NAME,

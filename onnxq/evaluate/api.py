@@ -12,7 +12,7 @@ from ..errors import OnnxqError
 from . import encoder as encoder_eval
 from . import lm as lm_eval
 from . import outputs as outputs_eval
-from .corpus import Corpus, SentenceSet, resolve_corpus, resolve_sentences
+from ..corpora import Corpus, SentenceSet, resolve_corpus, resolve_sentences
 from .models import KIND_KEY, TimedModel, check_same_interface, open_model
 from .report import EvalReport, ModelResult
 from .tokenizer import resolve_tokenizer

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ModelError
 from . import metrics
-from .corpus import SentenceSet
+from ..corpora import SentenceSet
 from .models import TimedModel
 from .progress import progress_bar
 from .tokenizer import copy_tokenizer
@@ -27,14 +27,7 @@ DEFAULT_MAX_LENGTH = 256
 
 def embedding_output(model: TimedModel) -> str:
     """``last_hidden_state`` if present, else the only output."""
-    if "last_hidden_state" in model.output_names:
-        return "last_hidden_state"
-    if len(model.outputs) == 1:
-        return model.outputs[0].name
-    raise ModelError(
-        f"{model.path}: cannot tell which output holds the embeddings (no output named 'last_hidden_state'; "
-        f"outputs: {', '.join(model.output_names)})"
-    )
+    return model.output_for("last_hidden_state", "embeddings")
 
 
 def _pad_id(tokenizer: Any) -> int:

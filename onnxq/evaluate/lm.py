@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import ModelError
 from . import metrics
-from .corpus import Corpus, DataError
+from ..corpora import Corpus
+from ..errors import DataError
 from .models import TensorSpec, TimedModel
 from .progress import progress_bar
 from .tokenizer import copy_tokenizer
@@ -69,14 +70,7 @@ class _Stats:
 
 def logits_output(model: TimedModel) -> str:
     """The output holding next-token logits: ``logits`` if present, else the only output."""
-    if "logits" in model.output_names:
-        return "logits"
-    if len(model.outputs) == 1:
-        return model.outputs[0].name
-    raise ModelError(
-        f"{model.path}: cannot tell which output holds the logits (no output named 'logits'; "
-        f"outputs: {', '.join(model.output_names)})"
-    )
+    return model.output_for("logits", "logits")
 
 
 def _past_shape(spec: TensorSpec) -> tuple[int, ...]:

@@ -150,11 +150,6 @@ def max_abs_error(ref: np.ndarray, cand: np.ndarray) -> Optional[float]:
     return float(np.max(np.abs(c - r)))
 
 
-def nll_from_logprobs(logprobs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-logprobs[t, targets[t]] for each row t, float64 [T]."""
-    return -np.asarray(logprobs, dtype=np.float64)[np.arange(len(targets)), np.asarray(targets)]
-
-
 def kl_from_logprobs(ref_logprobs: np.ndarray, cand_logprobs: np.ndarray) -> np.ndarray:
     """KL(P || Q) per row from float64 log-probabilities [T, V], clipped at 0."""
     lp = np.asarray(ref_logprobs, dtype=np.float64)

@@ -99,6 +99,17 @@ class TimedModel:
                 return spec
         raise ModelError(f"{self.path}: has no output {name!r} (outputs: {', '.join(self.output_names)})")
 
+    def output_for(self, preferred: str, what: str) -> str:
+        """The output holding ``what``: the one named ``preferred`` if present, else the only one."""
+        if preferred in self.output_names:
+            return preferred
+        if len(self.outputs) == 1:
+            return self.outputs[0].name
+        raise ModelError(
+            f"{self.path}: cannot tell which output holds the {what} (no output named {preferred!r}; "
+            f"outputs: {', '.join(self.output_names)})"
+        )
+
     def run(self, output_names: Optional[Sequence[str]], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """session.run, timed; onnxruntime failures become ModelError naming the model."""
         start = time.perf_counter()
@@ -185,15 +196,23 @@ def check_same_interface(
         )
 
 
+def name_problems(expected: Sequence[str], given: Sequence[str], missing_text: str, extra_text: str) -> list[str]:
+    """``["<missing_text> a, b", "<extra_text> c"]`` for names missing from / extra in ``given``."""
+    problems = []
+    missing = [n for n in expected if n not in given]
+    extra = [n for n in given if n not in expected]
+    if missing:
+        problems.append(f"{missing_text} {', '.join(missing)}")
+    if extra:
+        problems.append(f"{extra_text} {', '.join(extra)}")
+    return problems
+
+
 def _input_problems(reference: TimedModel, candidate: TimedModel, problems: list[str]) -> None:
     ref_inputs = {s.name: s for s in reference.inputs}
     cand_inputs = {s.name: s for s in candidate.inputs}
-    missing = [n for n in ref_inputs if n not in cand_inputs]
-    extra = [n for n in cand_inputs if n not in ref_inputs]
-    if missing:
-        problems.append(f"candidate lacks input(s) {', '.join(missing)}")
-    if extra:
-        problems.append(f"candidate has extra input(s) {', '.join(extra)}")
+    problems.extend(name_problems(list(ref_inputs), list(cand_inputs), "candidate lacks input(s)",
+                                  "candidate has extra input(s)"))
     for name, spec in ref_inputs.items():
         other = cand_inputs.get(name)
         if other is not None and other.type != spec.type:

@@ -19,10 +19,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import DataError, ModelError
 from . import metrics
-from .corpus import DataError
-from .models import TensorSpec, TimedModel
+from .models import TensorSpec, TimedModel, name_problems
 from .progress import progress_bar
 
 PathLike = Union[str, os.PathLike]
@@ -65,14 +64,8 @@ def load_npz(path: PathLike) -> dict[str, np.ndarray]:
 
 def check_inputs(model: TimedModel, feeds: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
     """Raise DataError naming every missing, extra, mistyped or misshaped input."""
-    problems = []
     specs = {s.name: s for s in model.inputs}
-    missing = [n for n in specs if n not in feeds]
-    extra = [n for n in feeds if n not in specs]
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    if extra:
-        problems.append(f"not model inputs: {', '.join(extra)}")
+    problems = name_problems(list(specs), list(feeds), "missing", "not model inputs:")
     out = {}
     for name, spec in specs.items():
         if name not in feeds:

@@ -94,58 +94,14 @@ class EvalReport:
     def _rows(self) -> tuple[list[str], list[list[str]]]:
         ref = self.reference
         models = [("ref", ref)] + [(f"#{i + 1}", c) for i, c in enumerate(self.candidates)]
-        if self.task == "lm":
-            columns = ["", "model", "perplexity", "Δ ppl", "KL(ref‖cand)", "KL max", "top-1 agree", "next-token acc", "seconds", "time/ref"]
-            rows = []
-            ref_ppl = ref.metrics["perplexity"]
-            for tag, m in models:
-                is_ref = m is ref
-                rows.append(
-                    [
-                        tag,
-                        _name(m.path),
-                        f"{m.metrics['perplexity']:.4f}",
-                        "" if is_ref else f"{m.metrics['perplexity'] - ref_ppl:+.4f}",
-                        "" if is_ref else f"{m.metrics['kl_divergence']:.3e}",
-                        "" if is_ref else f"{m.metrics['kl_max']:.3e}",
-                        "" if is_ref else f"{100 * m.metrics['top1_agreement']:.2f} %",
-                        f"{100 * m.metrics['next_token_accuracy']:.2f} %",
-                        _seconds(m.seconds),
-                        _ratio(m, ref),
-                    ]
-                )
-            return columns, rows
-        if self.task == "encoder":
-            columns = ["", "model", "cosine mean", "cosine min", "rel. error", "seconds", "time/ref"]
-            rows = []
-            for tag, m in models:
-                is_ref = m is ref
-                rows.append(
-                    [
-                        tag,
-                        _name(m.path),
-                        "" if is_ref else f"{m.metrics['cosine_mean']:.6f}",
-                        "" if is_ref else f"{m.metrics['cosine_min']:.6f}",
-                        "" if is_ref else f"{m.metrics['relative_error']:.3e}",
-                        _seconds(m.seconds),
-                        _ratio(m, ref),
-                    ]
-                )
-            return columns, rows
-        columns = ["", "model", "max rel. error", "seconds", "time/ref"]
+        columns = _COLUMNS[self.task if self.task in _COLUMNS else "outputs"]
         rows = []
         for tag, m in models:
-            is_ref = m is ref
-            rows.append(
-                [
-                    tag,
-                    _name(m.path),
-                    "" if is_ref else f"{m.metrics['relative_error']:.3e}",
-                    _seconds(m.seconds),
-                    _ratio(m, ref),
-                ]
-            )
-        return columns, rows
+            cells = [tag, _name(m.path)]
+            for _, cell, candidates_only in columns:
+                cells.append("" if candidates_only and m is ref else cell(m, ref))
+            rows.append(cells + [_seconds(m.seconds), _ratio(m, ref)])
+        return ["", "model"] + [c[0] for c in columns] + ["seconds", "time/ref"], rows
 
     def _footer(self) -> list[str]:
         lines = []
@@ -164,6 +120,29 @@ class EvalReport:
         paths = [f"ref = {self.reference.path}"] + [f"#{i + 1} = {c.path}" for i, c in enumerate(self.candidates)]
         lines.append("; ".join(paths))
         return lines
+
+
+def _metric(key: str, spec: str, scale: float = 1.0, unit: str = ""):
+    return lambda m, ref: f"{scale * m.metrics[key]:{spec}}{unit}"
+
+
+#: per task: (column, cell(model, reference) -> text, shown for candidates only)
+_COLUMNS = {
+    "lm": [
+        ("perplexity", _metric("perplexity", ".4f"), False),
+        ("Δ ppl", lambda m, ref: f"{m.metrics['perplexity'] - ref.metrics['perplexity']:+.4f}", True),
+        ("KL(ref‖cand)", _metric("kl_divergence", ".3e"), True),
+        ("KL max", _metric("kl_max", ".3e"), True),
+        ("top-1 agree", _metric("top1_agreement", ".2f", 100.0, " %"), True),
+        ("next-token acc", _metric("next_token_accuracy", ".2f", 100.0, " %"), False),
+    ],
+    "encoder": [
+        ("cosine mean", _metric("cosine_mean", ".6f"), True),
+        ("cosine min", _metric("cosine_min", ".6f"), True),
+        ("rel. error", _metric("relative_error", ".3e"), True),
+    ],
+    "outputs": [("max rel. error", _metric("relative_error", ".3e"), True)],
+}
 
 
 def _name(path: str) -> str:

@@ -61,12 +61,8 @@ def resolve_tokenizer(tokenizer: Any, reference: TimedModel) -> tuple[Any, str]:
         raise ModelError(
             f"{reference.path}: no known tokenizer: the model has no {FAMILY_KEY} metadata; {hint}"
         )
-    try:
-        zoo = importlib.import_module("onnxq.zoo")
-    except ImportError:
-        raise ModelError(
-            f"{reference.path}: no known tokenizer for model family {family!r} (onnxq.zoo is not available); {hint}"
-        ) from None
+    from .. import zoo
+
     try:
         loaded = zoo.load_tokenizer(family)
     except Exception as exc:

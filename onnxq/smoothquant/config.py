@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import RecipeError
+from ..plan import parse_alpha
 
-__all__ = ["SmoothQuantConfig", "DEFAULT_ALPHA_GRID"]
+__all__ = ["SmoothQuantConfig", "DEFAULT_ALPHA_GRID", "resolve_alpha"]
 
 DEFAULT_ALPHA_GRID: Tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -55,8 +56,8 @@ class SmoothQuantConfig:
     explicit_mul_min_gain: float = 0.25
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise RecipeError(f"SmoothQuant alpha must be in [0, 1], got {self.alpha}")
+        if parse_alpha(self.alpha, "SmoothQuant alpha") == "auto":
+            raise RecipeError("SmoothQuantConfig.alpha is a number; pass alpha='auto' to the pass for the search")
         if not 0.0 <= float(self.migration_strength) <= 1.0:
             raise RecipeError(f"migration_strength must be in [0, 1], got {self.migration_strength}")
         if self.activation_percentile is not None and not 0.0 < float(self.activation_percentile) <= 100.0:
@@ -76,3 +77,17 @@ class SmoothQuantConfig:
     def weight_qmax(self) -> int:
         """Largest |q| of a weight value."""
         return 63 if self.reduce_range else 127
+
+
+def resolve_alpha(spec: Any, keys: Sequence[str], config: SmoothQuantConfig) -> Union[float, str]:
+    """The alpha of one group: ``spec`` is None (``config.alpha``), a number, ``"auto"``, or
+    ``{group input or site name: alpha}`` looked up by ``keys`` (the group's input, then its
+    sites; not found: ``config.alpha``)."""
+    if spec is None:
+        return float(config.alpha)
+    if isinstance(spec, Mapping):
+        for key in keys:
+            if key in spec:
+                return parse_alpha(spec[key], f"alpha of {key!r}")
+        return float(config.alpha)
+    return parse_alpha(spec)

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
-from ..analyze import LinearSite
-from .folding import unique_name
+from ..graph_edit import unique_name
+from ..sites import LinearSite
 from .quant import ActivationQParams, QuantizedWeight
 
 __all__ = ["SiteQuant", "Emitter", "FORMATS"]
@@ -56,6 +56,8 @@ class Emitter:
         self.weight_type = weight_type
         self.taken = taken
         self._quantized_inputs: Dict[Tuple[str, float, int], str] = {}
+        #: site name -> bytes of its int8 weight, scales and zero points
+        self.weight_bytes: Dict[str, int] = {}
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Emitter:
 
     def _weight_inits(self, sq: SiteQuant, label: str) -> Tuple[str, str, str]:
         data, zp = sq.weight.storage(self.weight_type)
+        self.weight_bytes[sq.site.name] = int(data.nbytes + 4 * sq.weight.scale.size + zp.nbytes)
         return (
             self._init(f"{label}/weight_quantized", data),
             self._init(f"{label}/weight_scale", sq.weight.scale.astype(np.float32)),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -91,10 +91,3 @@ def fake_quantize_activation(x: np.ndarray, qp: ActivationQParams) -> np.ndarray
     (round half to even, saturate)."""
     q = np.clip(np.rint(x / np.float32(qp.scale)) + qp.zero_point, qp.qmin, qp.qmax)
     return ((q - qp.zero_point) * np.float32(qp.scale)).astype(np.float32)
-
-
-def range_of(lo: np.ndarray, hi: np.ndarray, s: Optional[np.ndarray] = None) -> Tuple[float, float]:
-    """Per-tensor [lo, hi] of X / s from per-channel extrema of X (exact: s > 0)."""
-    if s is None:
-        return float(np.min(lo)), float(np.max(hi))
-    return float(np.min(lo / s)), float(np.max(hi / s))

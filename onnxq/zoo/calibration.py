@@ -54,7 +54,7 @@ def python_reference_sentences() -> List[str]:
     are dropped."""
     import pydoc_data.topics as topics
 
-    from ..evaluate.corpus import DEFAULT_CORPUS_FILE
+    from ..corpora import DEFAULT_CORPUS_FILE
 
     corpus = _squash(DEFAULT_CORPUS_FILE.read_text(encoding="utf-8"))
     text = _squash(" ".join(v for k, v in sorted(topics.topics.items()) if k not in EVAL_TOPICS))

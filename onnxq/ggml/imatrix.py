@@ -3,7 +3,8 @@
 ggml's imatrix (``llama-imatrix``) weights each weight column's quantization error by how
 strongly that input channel is driven; onnxq computes the same statistic by running the
 float model with onnxruntime (:func:`onnxq.calibrate.calibrate`) and observing the input
-tensor of every chosen linear site. Sites that read the same tensor (q/k/v after one
+tensor of every chosen linear site (in :func:`onnxq.quantize`, within the one calibration
+pass that also serves AWQ and SmoothQuant). Sites that read the same tensor (q/k/v after one
 norm) share one vector. Matrices are saved as ``.npz`` (no pickles) and reused.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .errors import CalibrationError
+from ..errors import CalibrationError
 
 FORMAT_KEY = "onnxq_imatrix_version"
 FORMAT_VERSION = 1
@@ -115,7 +116,7 @@ def compute_imatrix(
     ``data``: an ``.npz`` of model inputs (leading axis = samples), a dict of arrays, an
     iterable of input dicts, or an onnxruntime ``CalibrationDataReader``.
     """
-    from .calibrate import calibrate
+    from ..calibrate import calibrate
 
     tensors = list(dict.fromkeys(tensors))
     if not tensors:
@@ -124,8 +125,14 @@ def compute_imatrix(
         model, tensors, data, batch_size=batch_size, max_batches=max_batches, bins=16,
         base_dir=base_dir, progress=progress,
     )
+    return imatrix_from_stats(stats, tensors)
+
+
+def imatrix_from_stats(stats: Mapping[str, Any], tensors: Sequence[str]) -> ImportanceMatrix:
+    """The importance matrix of ``tensors`` from calibration statistics
+    (:class:`onnxq.calibrate.TensorStats`: the mean of x² per channel)."""
     out = ImportanceMatrix()
-    for name in tensors:
+    for name in dict.fromkeys(tensors):
         st = stats.get(name)
         if st is None or st.count == 0:
             raise CalibrationError(f"calibration produced no rows for tensor {name!r}")

@@ -1,21 +1,24 @@
-"""The GGML block types onnxq can write, their sizes, and onnxq's row layout.
+"""The GGML block types onnxq writes, their sizes, and onnxq's row layout: the one table.
 
 Sizes are ggml's (``ggml/src/ggml-common.h``); the ids are ggml's ``enum ggml_type``
 values, so a type means the same thing here, in a GGUF file and in the custom op's
-``quant_type`` attribute.
+``quant_type`` attribute. ``cython_kernels/ggml_blocks.h`` holds the same table for the C
+side; ``tests/test_formats.py`` checks the two against each other.
 
 A row of ``K`` weights (one output feature of a MatMul) is stored as blocks of the
 main type; for a K-quant (256-element super-blocks) the last ``K mod 256`` elements
 may instead go into blocks of a 32-element *tail* type, so widths such as 576 need no
-padding to 768. The last block of either part is zero-padded. See
-:func:`row_layout` and ``cython_kernels/ggml_blocks.h``.
+padding to 768. The last block of either part is zero-padded. See :func:`row_layout`.
+
+This module is part of the shared floor (recipes, plans, reports and ``inspect`` name and
+size the types too), so it imports nothing from the method wings.
 """
 from __future__ import annotations
 
 import enum
 import operator
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 __all__ = [
     "GGMLQuantType",
@@ -24,7 +27,18 @@ __all__ = [
     "row_bytes",
     "effective_bits_per_weight",
     "resolve_tail",
+    "default_tail_type",
+    "BLOCK_TRAITS",
+    "WEIGHT_TYPES",
+    "TAIL_TYPES",
+    "K_QUANTS",
+    "MAX_K",
+    "MAX_N",
 ]
+
+# The limits the op library enforces (ONNXQ_MAX_K in ggml_blocks.h, ONNXQ_MAX_N in ops_common.h).
+MAX_K = 1 << 40
+MAX_N = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ class GGMLQuantType(enum.Enum):
         return self.name
 
 
-_TRAITS: dict[GGMLQuantType, _Traits] = {
+_TRAITS: dict = {
     GGMLQuantType.Q4_0: _Traits(32, 18, True),
     GGMLQuantType.Q4_1: _Traits(32, 20, True),
     GGMLQuantType.Q5_0: _Traits(32, 22, True),
@@ -120,16 +134,36 @@ _TRAITS: dict[GGMLQuantType, _Traits] = {
     GGMLQuantType.Q8_K: _Traits(256, 292, False),
 }
 
-_DEFAULT_TAIL: dict[GGMLQuantType, GGMLQuantType] = {
+_DEFAULT_TAIL: dict = {
     GGMLQuantType.Q4_K: GGMLQuantType.Q5_0,
     GGMLQuantType.Q5_K: GGMLQuantType.Q5_1,
     GGMLQuantType.Q6_K: GGMLQuantType.Q8_0,
+}
+
+#: the types a weight may be stored in (the op's ``quant_type`` values), by name
+WEIGHT_TYPES: Tuple[str, ...] = tuple(t.name for t in GGMLQuantType if t.is_weight_type)
+#: the 32-element weight types (valid as ``tail_type``)
+TAIL_TYPES: Tuple[str, ...] = tuple(t.name for t in GGMLQuantType if t.is_weight_type and not t.is_k_quant)
+#: the 256-element weight types
+K_QUANTS: Tuple[str, ...] = tuple(t.name for t in GGMLQuantType if t.is_weight_type and t.is_k_quant)
+
+#: name -> (elements per block, bytes per block) of every weight type (a view of the table)
+BLOCK_TRAITS: Dict[str, Tuple[int, int]] = {
+    t.name: (t.block_size, t.type_size) for t in GGMLQuantType if t.is_weight_type
 }
 
 #: ``tail_type`` value meaning "the main type's :attr:`GGMLQuantType.default_tail`"
 AUTO = "auto"
 
 TypeLike = Union[str, GGMLQuantType]
+
+
+def default_tail_type(qtype: TypeLike) -> Optional[str]:
+    """The name of a K-quant's default 32-element tail (Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0),
+    else None. These are the types llama.cpp falls back to for a whole tensor whose width
+    is not a multiple of 256; onnxq uses them only for the last ``K mod 256`` columns."""
+    tail = GGMLQuantType.parse(qtype).default_tail
+    return tail.name if tail is not None else None
 
 
 def resolve_tail(qtype: TypeLike, tail_type: Optional[TypeLike] = AUTO) -> Optional[GGMLQuantType]:
@@ -179,13 +213,9 @@ class RowLayout:
 
 
 def row_layout(qtype: TypeLike, K: int, tail_type: Optional[TypeLike] = None) -> RowLayout:
-    """The layout of a row of ``K`` elements (``tail_type`` as in :func:`resolve_tail`).
-
-    Computed by the same C function the kernels and the custom op use. A tail that
-    would hold no element (``K`` a multiple of 256) is reported as ``tail_type=None``.
-    """
-    from . import _codecs
-
+    """The layout of a row of ``K`` elements (``tail_type`` as in :func:`resolve_tail`), the
+    rule of ``onnxq_row_layout_init`` in ``ggml_blocks.h``. A tail that would hold no
+    element (``K`` a multiple of 256) is reported as ``tail_type=None``."""
     qtype = GGMLQuantType.parse(qtype)
     tail = resolve_tail(qtype, tail_type)
     if isinstance(K, bool):
@@ -194,18 +224,24 @@ def row_layout(qtype: TypeLike, K: int, tail_type: Optional[TypeLike] = None) ->
         K = operator.index(K)
     except TypeError:
         raise TypeError(f"K must be an integer, got {type(K).__name__}") from None
-    if K < 1:
-        raise ValueError(f"K must be at least 1, got {K}")
-    raw = _codecs.row_layout(qtype.ggml_id, tail.ggml_id if tail is not None else -1, K)
+    if not 1 <= K <= MAX_K:
+        raise ValueError(f"K must be in [1, {MAX_K}], got {K}")
+    qk = qtype.block_size
+    if tail is None:
+        n_main, n_tail = -(-K // qk), 0
+    else:
+        n_main = K // qk
+        n_tail = -(-(K - n_main * qk) // 32)
+    main_bytes = n_main * qtype.type_size
     return RowLayout(
         qtype=qtype,
-        tail_type=tail if raw["n_tail"] > 0 else None,
+        tail_type=tail if n_tail > 0 else None,
         K=K,
-        n_main=raw["n_main"],
-        main_elems=raw["main_elems"],
-        n_tail=raw["n_tail"],
-        main_bytes=raw["main_bytes"],
-        row_bytes=raw["row_bytes"],
+        n_main=n_main,
+        main_elems=n_main * qk,
+        n_tail=n_tail,
+        main_bytes=main_bytes,
+        row_bytes=main_bytes + (n_tail * tail.type_size if tail is not None else 0),
     )
 
 

@@ -79,21 +79,20 @@ class ModelGraph:
             raise KeyError(f"{name!r} is not a constant tensor")
         return onnx.numpy_helper.to_array(_constant_tensor(node))
 
-    def constant_shape(self, name: str) -> Optional[Tuple[int, ...]]:
+    def constant_tensor(self, name: str) -> Optional[TensorProto]:
+        """The TensorProto of a constant (initializer or Constant node value), else None."""
         if name in self.initializers:
-            return tuple(int(d) for d in self.initializers[name].dims)
+            return self.initializers[name]
         node = self.constant_nodes.get(name)
-        if node is not None:
-            return tuple(int(d) for d in _constant_tensor(node).dims)
-        return None
+        return _constant_tensor(node) if node is not None else None
+
+    def constant_shape(self, name: str) -> Optional[Tuple[int, ...]]:
+        tensor = self.constant_tensor(name)
+        return tuple(int(d) for d in tensor.dims) if tensor is not None else None
 
     def constant_dtype(self, name: str) -> Optional[int]:
-        if name in self.initializers:
-            return self.initializers[name].data_type
-        node = self.constant_nodes.get(name)
-        if node is not None:
-            return _constant_tensor(node).data_type
-        return None
+        tensor = self.constant_tensor(name)
+        return tensor.data_type if tensor is not None else None
 
 
 def _constant_tensor(node: NodeProto) -> Optional[TensorProto]:
@@ -131,10 +130,6 @@ class LinearSite:
     #: the weight initializer feeds other nodes as well (e.g. a tied embedding table)
     weight_shared: bool = False
 
-    @property
-    def numel(self) -> int:
-        return self.K * self.N
-
 
 @dataclass(frozen=True)
 class EmbeddingSite:
@@ -149,10 +144,6 @@ class EmbeddingSite:
     layer: Optional[int] = None
     #: names of linear sites whose weight is this table transposed (a tied LM head)
     tied_heads: Tuple[str, ...] = ()
-
-    @property
-    def numel(self) -> int:
-        return self.K * self.N
 
 
 @dataclass(frozen=True)
@@ -181,6 +172,11 @@ class Analysis:
 # ----------------------------------------------------------------------------- naming
 
 _LAYER_RE = re.compile(r"(?:^|[/._:\-])(?:layers?|blocks?|h|encoder_layer|decoder_layer|transformer_blocks?)[._/\-](\d+)(?=$|[/._:\-])")
+
+#: what a linear layer does in a transformer block (recipes select layers by role)
+LINEAR_ROLES = ("q", "k", "v", "o", "qkv", "gate", "up", "down", "head", "other")
+EMBEDDING_ROLE = "embedding"
+ROLES = LINEAR_ROLES + (EMBEDDING_ROLE,)
 
 # role -> name tokens (names are split on / . : - and lowercased; underscores are kept)
 _ROLE_TOKENS: Sequence[Tuple[str, frozenset]] = (
@@ -382,7 +378,7 @@ def _matmul_site(graph: ModelGraph, node: NodeProto, skipped: List[Skipped]) -> 
         return None
     shape = graph.constant_shape(weight)
     assert shape is not None
-    k, n = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+    n = shape[0] if transposed else shape[1]
     covered.append(node.name)
     output = node.output[0]
     bias: Optional[str] = None
@@ -391,20 +387,7 @@ def _matmul_site(graph: ModelGraph, node: NodeProto, skipped: List[Skipped]) -> 
         bias, add = fused
         covered.append(add.name)
         output = add.output[0]
-    return LinearSite(
-        name=node.name,
-        op_type="MatMul",
-        input=x,
-        weight=weight,
-        weight_transposed=transposed,
-        K=int(k),
-        N=int(n),
-        bias=bias,
-        output=output,
-        nodes=tuple(covered),
-        role=infer_role(node.name, weight),
-        layer=layer_index(node.name, weight),
-    )
+    return _linear_site(node, x, weight, transposed, shape, bias=bias, output=output, nodes=tuple(covered))
 
 
 def _gemm_site(graph: ModelGraph, node: NodeProto, skipped: List[Skipped]) -> Optional[LinearSite]:
@@ -423,7 +406,7 @@ def _gemm_site(graph: ModelGraph, node: NodeProto, skipped: List[Skipped]) -> Op
     trans_b = int(_attr(node, "transB", 0)) != 0
     shape = graph.constant_shape(w)
     assert shape is not None
-    k, n = (shape[1], shape[0]) if trans_b else (shape[0], shape[1])
+    n = shape[0] if trans_b else shape[1]
     alpha = float(_attr(node, "alpha", 1.0))
     beta = float(_attr(node, "beta", 1.0))
     if c is not None:
@@ -435,22 +418,18 @@ def _gemm_site(graph: ModelGraph, node: NodeProto, skipped: List[Skipped]) -> Op
         if count not in (1, n) or (len(cshape) == 2 and cshape[0] != 1):
             skipped.append(Skipped(node.name, "Gemm", f"bias {c!r} of shape {list(cshape)} is not per output feature"))
             return None
-    return LinearSite(
-        name=node.name,
-        op_type="Gemm",
-        input=x,
-        weight=w,
-        weight_transposed=trans_b,
-        K=int(k),
-        N=int(n),
-        bias=c,
-        output=node.output[0],
-        nodes=(node.name,),
-        role=infer_role(node.name, w),
-        layer=layer_index(node.name, w),
-        gemm_alpha=alpha,
-        gemm_beta=beta,
-    )
+    return _linear_site(node, x, w, trans_b, shape, bias=c, output=node.output[0], nodes=(node.name,),
+                        gemm_alpha=alpha, gemm_beta=beta)
+
+
+def _linear_site(node: NodeProto, x: str, weight: str, transposed: bool, shape: Tuple[int, ...],
+                 **fields) -> LinearSite:
+    """The site of ``node`` reading X = ``x`` and a weight stored with ``shape``
+    ([N, K] when ``transposed``, else [K, N])."""
+    k, n = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+    return LinearSite(name=node.name, op_type=node.op_type, input=x, weight=weight, weight_transposed=transposed,
+                      K=int(k), N=int(n), role=infer_role(node.name, weight), layer=layer_index(node.name, weight),
+                      **fields)
 
 
 def input_groups(sites: Iterable[LinearSite]) -> Dict[str, List[LinearSite]]:

@@ -26,14 +26,14 @@ place: the folded node gets a new initializer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
-from ..analyze import LinearSite, ModelGraph
-from ..graph_edit import all_names, unique_name
+from .graph_edit import all_names, unique_name
+from .sites import LinearSite, ModelGraph, bias_vector, weight_matrix_kn
 
 __all__ = [
     "FoldContext",
@@ -46,7 +46,7 @@ __all__ = [
     "RULES",
     "match_fold",
     "insert_explicit_mul",
-    "unique_name",
+    "SiteWeights",
 ]
 
 
@@ -112,13 +112,6 @@ class FoldRule:
         return f"{self.name}:{fold.node.op_type}"
 
 
-def _attr(node: NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _per_channel_const(ctx: FoldContext, name: str, k: int, allow_scalar: bool = True) -> bool:
     """A constant that broadcasts along the last axis only: [K] or [1, .., K] (and, with
     ``allow_scalar``, a scalar or [1, .., 1])."""
@@ -134,6 +127,15 @@ def _per_channel_const(ctx: FoldContext, name: str, k: int, allow_scalar: bool =
     if not all(d == 1 for d in shape[:-1]):
         return False
     return shape[-1] == k or (allow_scalar and shape[-1] == 1)
+
+
+def _single_const(ctx: FoldContext, node: Optional[NodeProto], op: str, k: int) -> Optional[int]:
+    """Index of the one per-channel constant input (K entries, no scalar) of a binary ``op``
+    node, else None."""
+    if node is None or node.op_type != op or len(node.input) != 2:
+        return None
+    consts = [i for i, t in enumerate(node.input) if _per_channel_const(ctx, t, k, allow_scalar=False)]
+    return consts[0] if len(consts) == 1 else None
 
 
 def _divided(value: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -177,54 +179,59 @@ class NormScaleRule(FoldRule):
             ctx.replace_input(node, bi, _divided(ctx.constant(node.input[bi]), s))
 
 
-class MulConstRule(FoldRule):
-    """Mul(Z, c) with a per-channel or scalar constant c."""
+class _ConstOperandRule(FoldRule):
+    """``op(Z, c)`` with one per-channel constant operand c [K]: c -> c / s, plus whatever
+    the other operand needs (:meth:`other_ok`, :meth:`apply_other`)."""
 
-    name = "mul"
+    op = ""
+
+    def other_ok(self, ctx: FoldContext, other: str, k: int) -> bool:
+        return True
+
+    def apply_other(self, ctx: FoldContext, other: str, s: np.ndarray) -> None:
+        pass
 
     def match(self, ctx: FoldContext, x: str, k: int) -> Optional[Fold]:
         node = ctx.graph.producer(x)
-        if node is None or node.op_type != "Mul" or len(node.input) != 2:
-            return None
-        # per-channel constants only: a scalar Mul is usually part of an activation
-        # (GELU's x * 0.5 * (1 + erf)) that onnxruntime fuses only while the scalar is as exported
-        consts = [i for i, t in enumerate(node.input) if _per_channel_const(ctx, t, k, allow_scalar=False)]
-        if len(consts) != 1 or ctx.graph.is_constant(node.input[1 - consts[0]]):
+        i = _single_const(ctx, node, self.op, k)
+        if i is None or not self.other_ok(ctx, node.input[1 - i], k):
             return None
         return Fold(self, node)
 
     def apply(self, fold: Fold, ctx: FoldContext, s: np.ndarray) -> None:
         node = fold.node
-        i = next(i for i, t in enumerate(node.input) if _per_channel_const(ctx, t, s.shape[0], allow_scalar=False))
+        i = _single_const(ctx, node, self.op, s.shape[0])
         ctx.replace_input(node, i, _divided(ctx.constant(node.input[i]), s))
+        self.apply_other(ctx, node.input[1 - i], s)
 
 
-class AddOfMulRule(FoldRule):
+class MulConstRule(_ConstOperandRule):
+    """Mul(Z, c) with a per-channel constant c (decomposed RMSNorm's final Mul by its weight).
+
+    A scalar Mul is not taken: it is usually part of an activation (GELU's
+    x * 0.5 * (1 + erf)) that onnxruntime fuses only while the scalar is as exported."""
+
+    name = "mul"
+    op = "Mul"
+
+    def other_ok(self, ctx: FoldContext, other: str, k: int) -> bool:
+        return not ctx.graph.is_constant(other)
+
+
+class AddOfMulRule(_ConstOperandRule):
     """Add(Mul(Z, g), b) with constant per-channel g and b (decomposed LayerNorm's affine)."""
 
     name = "add-mul"
+    op = "Add"
 
-    def match(self, ctx: FoldContext, x: str, k: int) -> Optional[Fold]:
-        add = ctx.graph.producer(x)
-        if add is None or add.op_type != "Add" or len(add.input) != 2:
-            return None
-        consts = [i for i, t in enumerate(add.input) if _per_channel_const(ctx, t, k, allow_scalar=False)]
-        if len(consts) != 1:
-            return None
-        other = add.input[1 - consts[0]]
+    def other_ok(self, ctx: FoldContext, other: str, k: int) -> bool:
         mul = ctx.graph.producer(other)
-        if mul is None or mul.op_type != "Mul" or len(ctx.graph.consumers(other)) != 1 or other in ctx.graph.graph_outputs:
-            return None
-        if MulConstRule().match(ctx, other, k) is None:
-            return None
-        return Fold(self, add)
+        if mul is None or len(ctx.graph.consumers(other)) != 1 or other in ctx.graph.graph_outputs:
+            return False
+        return MulConstRule().match(ctx, other, k) is not None
 
-    def apply(self, fold: Fold, ctx: FoldContext, s: np.ndarray) -> None:
-        add = fold.node
-        bi = next(i for i, t in enumerate(add.input) if _per_channel_const(ctx, t, s.shape[0], allow_scalar=False))
-        ctx.replace_input(add, bi, _divided(ctx.constant(add.input[bi]), s))
-        mul = ctx.graph.producer(add.input[1 - bi])
-        MulConstRule().apply(Fold(MulConstRule(), mul), ctx, s)
+    def apply_other(self, ctx: FoldContext, other: str, s: np.ndarray) -> None:
+        MulConstRule().apply(Fold(MulConstRule(), ctx.graph.producer(other)), ctx, s)
 
     def kind(self, fold: Fold) -> str:
         return "add-mul:Add(Mul)"
@@ -317,3 +324,76 @@ def insert_explicit_mul(ctx: FoldContext, x: str, s: np.ndarray, consumers: Sequ
             if t == x:
                 node.input[i] = out
     return out
+
+
+class SiteWeights:
+    """Float weights [K, N] and biases of linear sites, read once, changed by folds and
+    scalings, and written back (in stored orientation) for the sites that stay float."""
+
+    def __init__(self, model: onnx.ModelProto, graph: ModelGraph, base_dir: Optional[str]) -> None:
+        self.model, self.graph, self.base_dir = model, graph, base_dir
+        self.w: Dict[str, np.ndarray] = {}
+        self.b: Dict[str, Optional[np.ndarray]] = {}
+        self.dirty: Dict[str, LinearSite] = {}
+
+    def weight(self, site: LinearSite) -> np.ndarray:
+        if site.name not in self.w:
+            self.w[site.name] = weight_matrix_kn(self.graph, site, self.base_dir)
+        return self.w[site.name]
+
+    def bias(self, site: LinearSite) -> Optional[np.ndarray]:
+        if site.name not in self.b:
+            self.b[site.name] = bias_vector(self.graph, site, self.base_dir)
+        return self.b[site.name]
+
+    def set(self, site: LinearSite, w: np.ndarray, b: Optional[np.ndarray]) -> None:
+        self.w[site.name] = np.asarray(w, np.float32)
+        self.b[site.name] = None if b is None else np.asarray(b, np.float32)
+        self.dirty[site.name] = site
+
+    def scale_rows(self, site: LinearSite, s: np.ndarray) -> None:
+        """W <- diag(s) W: the site now reads X / s and computes the same function."""
+        self.set(site, self.weight(site) * s[:, None], self.bias(site))
+
+    def context(self, sites: Iterable[LinearSite], taken: Optional[set] = None) -> FoldContext:
+        """A :class:`FoldContext` over this model whose folds change these float weights."""
+        return FoldContext(
+            model=self.model, graph=self.graph, sites_by_output={s.output: s for s in sites},
+            float_weights=self.weight, float_biases=self.bias, set_site_weight=self.set,
+            base_dir=self.base_dir, taken=all_names(self.model) if taken is None else taken,
+        )
+
+    def write_back(self, ctx: FoldContext, skip: Iterable[str] = ()) -> None:
+        """Store changed float weights/biases of every site not in ``skip`` in the model."""
+        skip = set(skip)
+        for name, site in list(self.dirty.items()):
+            if name in skip:
+                continue
+            self._store_weight(ctx, site, self.w[name])
+            b = self.b.get(name)
+            if site.bias is not None and b is not None:
+                self._store_bias(ctx, site, b)
+            del self.dirty[name]
+
+    def _store_weight(self, ctx: FoldContext, site: LinearSite, w: np.ndarray) -> None:
+        node = self.graph.node(site.name)
+        if site.gemm_alpha != 1.0:
+            w = w / np.float32(site.gemm_alpha)
+        stored = np.ascontiguousarray(w.T if site.weight_transposed else w)
+        if site.op_type == "MatMul" and site.weight_transposed:
+            ctx.replace_input(self.graph.producer(node.input[1]), 0, stored)
+        else:
+            ctx.replace_input(node, 1, stored)
+
+    def _store_bias(self, ctx: FoldContext, site: LinearSite, b: np.ndarray) -> None:
+        if site.gemm_beta != 1.0:
+            b = b / np.float32(site.gemm_beta)
+        shape = self.graph.constant_shape(site.bias)
+        if site.op_type == "Gemm":
+            node, idx = self.graph.node(site.name), 2
+            value = b.reshape(shape) if shape and int(np.prod(shape)) == b.size else b
+        else:
+            node = self.graph.node(site.nodes[-1])
+            idx = list(node.input).index(site.bias)
+            value = b.reshape(shape) if shape else b
+        ctx.replace_input(node, idx, value)

@@ -8,12 +8,13 @@ The one place where the op names, the domain and the attribute names are spelled
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 from onnx import AttributeProto, NodeProto, OperatorSetIdProto, TensorProto, helper, numpy_helper
 
-from .errors import ModelError
+from ..errors import ModelError
+from ..formats import K_QUANTS, MAX_K, MAX_N, TAIL_TYPES, WEIGHT_TYPES, row_bytes
 
 DOMAIN = "onnxq"
 OPSET_VERSION = 1
@@ -28,24 +29,6 @@ ATTR_TAIL_TYPE = "tail_type"
 ATTR_MODE = "mode"
 MODES = ("exact", "fast")
 
-# name -> (elements per block, bytes per block); ggml's layouts (see ggml_blocks.h).
-BLOCK_TRAITS: Dict[str, Tuple[int, int]] = {
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q8_0": (32, 34),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-}
-WEIGHT_TYPES = tuple(BLOCK_TRAITS)
-TAIL_TYPES = tuple(t for t, (qk, _) in BLOCK_TRAITS.items() if qk == 32)
-K_QUANTS = tuple(t for t, (qk, _) in BLOCK_TRAITS.items() if qk == 256)
-# The same limits the library enforces (ONNXQ_MAX_K in ggml_blocks.h, ONNXQ_MAX_N in ops_common.h).
-MAX_K = 1 << 40
-MAX_N = 1 << 40
-
 
 def onnxq_opset() -> OperatorSetIdProto:
     """The ``opset_import`` entry a model using onnxq's ops needs."""
@@ -54,7 +37,7 @@ def onnxq_opset() -> OperatorSetIdProto:
 
 def _check_types(quant_type: str, tail_type: Optional[str]) -> Tuple[str, Optional[str]]:
     qt = str(quant_type).upper()
-    if qt not in BLOCK_TRAITS:
+    if qt not in WEIGHT_TYPES:
         raise ModelError(f"unknown ggml quant_type {quant_type!r}; expected one of {', '.join(WEIGHT_TYPES)}")
     if not tail_type:
         return qt, None
@@ -66,18 +49,14 @@ def _check_types(quant_type: str, tail_type: Optional[str]) -> Tuple[str, Option
     return qt, tt
 
 
-def row_bytes(quant_type: str, K: int, tail_type: Optional[str] = None) -> int:
-    """Bytes of one weight row of ``K`` elements (the layout of cython_kernels/ops/README.md)."""
+def checked_row_bytes(quant_type: str, K: int, tail_type: Optional[str] = None) -> int:
+    """Bytes of one weight row of ``K`` elements; attribute values a node could carry are
+    checked and refused with a ModelError (the layout of cython_kernels/ops/README.md)."""
     qt, tt = _check_types(quant_type, tail_type)
     K = int(K)
     if not 1 <= K <= MAX_K:
         raise ModelError(f"K={K} must be in [1, {MAX_K}]")
-    qk, size = BLOCK_TRAITS[qt]
-    if tt is None:
-        return -(-K // qk) * size
-    n_main = K // qk
-    n_tail = -(-(K - n_main * qk) // 32)
-    return n_main * size + n_tail * BLOCK_TRAITS[tt][1]
+    return row_bytes(qt, K, tt)
 
 
 @dataclass
@@ -88,10 +67,15 @@ class GgmlNode:
     initializers: List[TensorProto] = field(default_factory=list)
 
 
-def _blocks_initializer(blocks: np.ndarray, tensor: str, node: str, op: str, attrs: dict, rb: int) -> TensorProto:
+def _blocks_input(blocks: Union[np.ndarray, str], default_name: str, node: str, op: str, attrs: dict, rb: int,
+                  inits: List[TensorProto]) -> str:
+    """The name of the blocks tensor a node reads: ``blocks`` itself when it names an existing
+    tensor, else a new checked initializer ``[N, row_bytes]`` appended to ``inits``."""
+    if isinstance(blocks, str):
+        return blocks
     arr = np.asarray(blocks)
     N = attrs[ATTR_N]
-    where = f"{op} {node!r}: blocks {tensor!r}"
+    where = f"{op} {node!r}: blocks {default_name!r}"
     if arr.dtype != np.uint8:
         raise ModelError(f"{where} must be uint8, got {arr.dtype}")
     if arr.size != N * rb:
@@ -99,7 +83,8 @@ def _blocks_initializer(blocks: np.ndarray, tensor: str, node: str, op: str, att
         raise ModelError(
             f"{where} have {arr.size} bytes, {layout} with K={attrs[ATTR_K]} N={N} needs {N * rb}"
         )
-    return numpy_helper.from_array(np.ascontiguousarray(arr.reshape(N, rb)), tensor)
+    inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.reshape(N, rb)), default_name))
+    return default_name
 
 
 def _common_attrs(quant_type: str, K: int, N: int, tail_type: Optional[str]) -> Tuple[dict, int]:
@@ -107,7 +92,7 @@ def _common_attrs(quant_type: str, K: int, N: int, tail_type: Optional[str]) -> 
     K, N = int(K), int(N)
     if not 1 <= N <= MAX_N:
         raise ModelError(f"N={N} must be in [1, {MAX_N}]")
-    rb = row_bytes(qt, K, tt)
+    rb = checked_row_bytes(qt, K, tt)
     attrs = {ATTR_QUANT_TYPE: qt, ATTR_K: K, ATTR_N: N}
     if tt is not None:
         attrs[ATTR_TAIL_TYPE] = tt
@@ -140,12 +125,7 @@ def make_ggml_matmul_node(
         raise ModelError(f"{MATMUL_OP} {name!r}: mode {mode!r} must be one of {MODES}")
     attrs[ATTR_MODE] = mode
     inits: List[TensorProto] = []
-    if isinstance(weight, str):
-        w_name = weight
-    else:
-        w_name = weight_name or f"{name}.W"
-        inits.append(_blocks_initializer(weight, w_name, name, MATMUL_OP, attrs, rb))
-    inputs = [x, w_name]
+    inputs = [x, _blocks_input(weight, weight_name or f"{name}.W", name, MATMUL_OP, attrs, rb, inits)]
     if bias is not None:
         if isinstance(bias, str):
             b_name = bias
@@ -178,11 +158,7 @@ def make_ggml_gather_node(
     as blocks, or the name of an existing blocks tensor, e.g. shared with a tied lm_head)."""
     attrs, rb = _common_attrs(quant_type, K, N, tail_type)
     inits: List[TensorProto] = []
-    if isinstance(table, str):
-        t_name = table
-    else:
-        t_name = table_name or f"{name}.table"
-        inits.append(_blocks_initializer(table, t_name, name, GATHER_OP, attrs, rb))
+    t_name = _blocks_input(table, table_name or f"{name}.table", name, GATHER_OP, attrs, rb, inits)
     node = helper.make_node(GATHER_OP, [t_name, indices], [y], name=name, domain=DOMAIN, **attrs)
     return GgmlNode(node, inits)
 

@@ -4,7 +4,7 @@ For a group of linear sites that read one activation X (q/k/v after one norm, ga
 after one norm), Y = X W = (X / s) (diag(s) W) for any per-input-channel s > 0. GGML
 blocks run along the input axis, so multiplying the rows of W that meet large
 activations by s_j > 1 gives them a finer share of each block's grid; 1/s is folded into
-X's producer (:mod:`onnxq.smoothquant.folding`: a norm's gamma/beta, a Mul by a constant,
+X's producer (:mod:`onnxq.folding`: a norm's gamma/beta, a Mul by a constant,
 a linear site's output columns) at no run-time cost.
 
 s follows AWQ: ``s_j = mean|X_j|^a``, normalised so that ``sqrt(max s * min s) = 1``, with
@@ -34,9 +34,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .analyze import Analysis, LinearSite, ModelGraph, input_groups
-from .errors import CalibrationError, RecipeError
-from .recipe import GGML, Plan
+from ..errors import CalibrationError, RecipeError
+from ..folding import Fold, FoldContext, LinearOutputMulRule, SiteWeights, insert_explicit_mul, match_fold
+from ..graph_edit import prune_initializers, topological_sort
+from ..plan import GGML, Plan
+from ..sites import Analysis, LinearSite, ModelGraph, input_groups
 
 __all__ = [
     "AWQConfig",
@@ -223,7 +225,7 @@ class GroupErrorModel:
 
     def __init__(self, sites: Mapping[str, Tuple[np.ndarray, str, Optional[str]]], rows: np.ndarray,
                  imatrix: Optional[np.ndarray] = None, threads: Optional[int] = None) -> None:
-        from .ggml import GGMLQuantizer
+        from .codec import GGMLQuantizer
 
         self.rows = np.ascontiguousarray(rows, dtype=np.float32)
         if self.rows.ndim != 2 or self.rows.shape[0] == 0:
@@ -294,21 +296,33 @@ def apply_awq(
     rows. ``imatrix``: mean x² per group input (weights the search like the packing).
     Returns the report and ``[(old input, new input, s)]`` for every scaled group, so the
     caller can carry an importance matrix over (the imatrix of X / s is imatrix / s²)."""
-    from .graph_edit import all_names, prune_initializers, topological_sort
-    from .smoothquant.folding import FoldContext, LinearOutputMulRule, insert_explicit_mul, match_fold
-    from .smoothquant.pass_ import SiteWeights
+    from tqdm.auto import tqdm
 
     config = config or AWQConfig()
     report = AWQReport(config)
     targets = _targets(analysis, plan)
     graph = ModelGraph(model)
     weights = SiteWeights(model, graph, base_dir)
-    ctx = FoldContext(
-        model=model, graph=graph, sites_by_output={s.output: s for s in analysis.linear},
-        float_weights=weights.weight, float_biases=weights.bias, set_site_weight=weights.set,
-        base_dir=base_dir, taken=all_names(model),
-    )
-    planned: List[Tuple[AWQGroup, List[LinearSite], Any]] = []
+    ctx = weights.context(analysis.linear)
+    planned = _awq_groups(report, analysis, graph, ctx, targets, config)
+    scaled: List[Tuple[str, str, np.ndarray]] = []
+    for group, gsites, fold in tqdm(planned, desc="awq", unit="group", disable=not progress, leave=False):
+        done = _scale_group(group, gsites, fold, stats, targets, weights, ctx, graph, config, imatrix)
+        if done is not None:
+            scaled.append(done)
+    weights.write_back(ctx)
+    if any(g.fold == "explicit-mul" for g in report.groups):
+        topological_sort(model)
+    prune_initializers(model)
+    return report, scaled
+
+
+def _awq_groups(report: AWQReport, analysis: Analysis, graph: ModelGraph, ctx: FoldContext,
+                targets: Mapping[str, Tuple[str, Optional[str]]],
+                config: AWQConfig) -> List[Tuple[AWQGroup, List[LinearSite], Optional[Fold]]]:
+    """The groups to search, each with its fold (None: an explicit Mul); groups that can be
+    neither folded nor given a Mul are recorded in ``report`` with the reason."""
+    planned: List[Tuple[AWQGroup, List[LinearSite], Optional[Fold]]] = []
     for x, gsites in input_groups(analysis.linear).items():
         quantized = [s for s in gsites if s.name in targets]
         if not quantized:
@@ -337,73 +351,61 @@ def apply_awq(
     # a fold into a linear site's output columns changes that site's weight, which its own
     # group needs: those groups go first (as in the SmoothQuant pass)
     planned.sort(key=lambda p: 0 if p[2] is not None and isinstance(p[2].rule, LinearOutputMulRule) else 1)
+    return planned
 
-    from tqdm.auto import tqdm
 
-    scaled: List[Tuple[str, str, np.ndarray]] = []
-    bar = tqdm(total=len(planned), desc="awq", unit="group", disable=not progress, leave=False)
-    try:
-        for group, gsites, fold in planned:
-            x = group.input
-            st = stats.get(x)
-            if st is None:
-                raise CalibrationError(f"no calibration statistics for tensor {x!r} (input of {group.sites[0]})")
-            rows = st.samples
-            if rows is None or rows.shape[0] == 0:
-                raise CalibrationError(f"tensor {x!r} has no sampled rows: calibrate with sample_rows > 0 for AWQ")
-            mean_abs = st.mean_abs()
-            w_mean = None
-            if config.duo:
-                ws = [np.abs(weights.weight(s)) for s in gsites if s.name in targets]
-                w_mean = np.concatenate(ws, axis=1).mean(axis=1)
-            imx = None if imatrix is None else imatrix.get(x)
-            model_err = GroupErrorModel(
-                {s.name: (weights.weight(s), *targets[s.name]) for s in gsites if s.name in targets},
-                rows, imx, 1)
-            plain = model_err.error(None)
-            errors = {0.0: plain}
-            for a in config.grid:
-                if float(a) != 0.0:
-                    errors[float(a)] = model_err.error(awq_scales(mean_abs, float(a), config.floor, w_mean))
-            best = min(errors, key=lambda a: (errors[a], a))
-            group.errors, group.error_before = errors, plain
-            needed = config.explicit_mul_min_gain if fold is None else 0.0
-            if best == 0.0 or errors[best] >= plain * (1.0 - needed):
-                group.error_after = plain
-                group.note = "no exponent lowers the error" + (" enough for an explicit Mul" if fold is None else "")
-                bar.update(1)
-                continue
-            s = awq_scales(mean_abs, best, config.floor, w_mean)
-            group.exponent, group.error_after = best, errors[best]
-            if fold is not None:
-                fold.apply(ctx, s)
-                group.fold = fold.kind
-                for site in gsites:  # float sites too: they read X / s now
-                    weights.set(site, weights.weight(site) * s[:, None], weights.bias(site))
-                scaled.append((x, x, s))
-            else:
-                quantized = [graph.node(name) for name in group.sites]
-                new_x = insert_explicit_mul(ctx, x, s, quantized, f"{group.sites[0]}/awq")
-                group.fold = "explicit-mul"
-                for site in gsites:
-                    if site.name in targets:
-                        weights.set(site, weights.weight(site) * s[:, None], weights.bias(site))
-                scaled.append((x, new_x, s))
-            bar.update(1)
-    finally:
-        bar.close()
-    weights.write_back(ctx)
-    if any(g.fold == "explicit-mul" for g in report.groups):
-        topological_sort(model)
-    prune_initializers(model)
-    return report, scaled
+def _scale_group(group: AWQGroup, gsites: List[LinearSite], fold: Optional[Fold], stats: Mapping[str, Any],
+                 targets: Mapping[str, Tuple[str, Optional[str]]], weights: SiteWeights, ctx: FoldContext,
+                 graph: ModelGraph, config: AWQConfig,
+                 imatrix: Optional[Mapping[str, np.ndarray]]) -> Optional[Tuple[str, str, np.ndarray]]:
+    """Search the exponent of one group and apply the best scaling; returns
+    (input, new input, s) when the group was scaled."""
+    x = group.input
+    st = stats.get(x)
+    if st is None:
+        raise CalibrationError(f"no calibration statistics for tensor {x!r} (input of {group.sites[0]})")
+    rows = st.samples
+    if rows is None or rows.shape[0] == 0:
+        raise CalibrationError(f"tensor {x!r} has no sampled rows: calibrate with sample_rows > 0 for AWQ")
+    mean_abs = st.mean_abs()
+    quantized = [s for s in gsites if s.name in targets]
+    w_mean = None
+    if config.duo:
+        w_mean = np.concatenate([np.abs(weights.weight(s)) for s in quantized], axis=1).mean(axis=1)
+    model_err = GroupErrorModel({s.name: (weights.weight(s), *targets[s.name]) for s in quantized}, rows,
+                                None if imatrix is None else imatrix.get(x), 1)
+    plain = model_err.error(None)
+    errors = {0.0: plain}
+    for a in config.grid:
+        if float(a) != 0.0:
+            errors[float(a)] = model_err.error(awq_scales(mean_abs, float(a), config.floor, w_mean))
+    best = min(errors, key=lambda a: (errors[a], a))
+    group.errors, group.error_before = errors, plain
+    needed = config.explicit_mul_min_gain if fold is None else 0.0
+    if best == 0.0 or errors[best] >= plain * (1.0 - needed):
+        group.error_after = plain
+        group.note = "no exponent lowers the error" + (" enough for an explicit Mul" if fold is None else "")
+        return None
+    s = awq_scales(mean_abs, best, config.floor, w_mean)
+    group.exponent, group.error_after = best, errors[best]
+    if fold is not None:
+        fold.apply(ctx, s)
+        group.fold = fold.kind
+        for site in gsites:  # float sites too: they read X / s now
+            weights.scale_rows(site, s)
+        return x, x, s
+    new_x = insert_explicit_mul(ctx, x, s, [graph.node(name) for name in group.sites], f"{group.sites[0]}/awq")
+    group.fold = "explicit-mul"
+    for site in quantized:
+        weights.scale_rows(site, s)
+    return x, new_x, s
 
 
 def calibrate_for_awq(model: onnx.ModelProto, tensors: Sequence[str], data: Any, config: AWQConfig, *,
                       base_dir: Optional[str], max_batches: Optional[int] = None,
                       progress: bool = True) -> Dict[str, Any]:
     """Statistics (mean |x| and sampled rows) of ``tensors`` over the calibration data."""
-    from .calibrate import CalibrationCache, calibrate
+    from ..calibrate import CalibrationCache, calibrate
 
     cache = data if isinstance(data, CalibrationCache) else CalibrationCache(
         data, model, batch_size=config.batch_size, max_batches=max_batches)

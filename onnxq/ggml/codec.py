@@ -19,7 +19,7 @@ float32 input, with and without an importance matrix, so blocks can move between
 files and onnxq models unchanged. ``K`` need not be a multiple of the block size: the
 last block of a row is zero-padded (padding elements quantize as zeros, weigh nothing in
 the imatrix searches, and are dropped on dequantization), and a K-quant row may end in
-32-element tail blocks instead (see :mod:`onnxq.quant_types`).
+32-element tail blocks instead (see :mod:`onnxq.formats`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .quant_types import AUTO, GGMLQuantType, RowLayout, TypeLike, resolve_tail, row_layout
+from ..formats import AUTO, GGMLQuantType, RowLayout, TypeLike, resolve_tail, row_layout
 
 __all__ = ["GGMLQuantizer", "QuantizedGGMLTensor", "default_num_threads"]
 
@@ -99,7 +99,7 @@ def _check_imatrix(imatrix: Any, K: int) -> np.ndarray:
 
 class QuantizedGGMLTensor:
     """Rows of ggml blocks: ``data`` is uint8 ``[rows, row_bytes]``, each row laid out as
-    :func:`onnxq.quant_types.row_layout` describes for ``shape[1]`` elements."""
+    :func:`onnxq.formats.row_layout` describes for ``shape[1]`` elements."""
 
     __slots__ = ("_data", "_qtype", "_tail", "_shape", "_layout")
 
@@ -170,7 +170,7 @@ class QuantizedGGMLTensor:
 
     def dequantize(self, num_threads: Optional[int] = None) -> np.ndarray:
         """Float32 ``[rows, K]`` (ggml's dequantization, bit for bit)."""
-        from . import _codecs
+        from .. import _codecs
 
         out = np.empty(self._shape, dtype=np.float32)
         _codecs.dequantize_rows(
@@ -235,7 +235,7 @@ class GGMLQuantizer:
         return self._quantize(array, imatrix, _row_col)
 
     def _quantize(self, array: Any, imatrix: Any, where: Callable[[int, int], str]) -> QuantizedGGMLTensor:
-        from . import _codecs
+        from .. import _codecs
 
         x, rows = _rows_float32(array)
         K = x.shape[1]

@@ -1,4 +1,6 @@
-"""Evaluation data: the text corpus for language models and the sentence set for encoders.
+"""The text onnxq ships (``onnxq/data``): the corpus language models are evaluated on and
+the sentence set for encoders. Read by :mod:`onnxq.evaluate` (measuring) and by
+:mod:`onnxq.zoo` (which keeps its calibration text disjoint from them).
 
 Both carry a name and the sha256 of the text exactly as evaluated (UTF-8, line ends read as
 LF, so for a file with LF line ends it equals ``sha256sum FILE``), so that two reports
@@ -13,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
-from ..errors import DataError
+from .errors import DataError
 
 PathLike = Union[str, os.PathLike]
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "data"
 
 #: English prose from the Python Language Reference (CPython 3.11.7 ``pydoc_data.topics``:
 #: objects, types, execmodel, exceptions), 54,860 characters.
@@ -43,10 +45,6 @@ class Corpus:
     name: str
     text: str
 
-    @property
-    def sha256(self) -> str:
-        return sha256_text(self.text)
-
     @classmethod
     def from_file(cls, path: PathLike, name: Optional[str] = None) -> "Corpus":
         """Read a UTF-8 text file; the name defaults to the file name."""
@@ -54,6 +52,10 @@ class Corpus:
         if not text.strip():
             raise DataError(f"corpus {os.fspath(path)} is empty (no text to measure perplexity on)")
         return cls(name=name or Path(path).name, text=text)
+
+    @property
+    def sha256(self) -> str:
+        return sha256_text(self.text)
 
 
 @dataclass(frozen=True)
@@ -100,26 +102,25 @@ def _read_text(path: PathLike, what: str) -> str:
         raise DataError(f"{what} {os.fspath(path)}: cannot read ({exc.strerror})") from None
 
 
+def _verified(loaded, path: Path, expected: str, what: str):
+    if loaded.sha256 != expected:
+        raise DataError(
+            f"{what} {path} has sha256 {loaded.sha256}, expected {expected}: the installed file was modified; "
+            "reinstall onnxq"
+        )
+    return loaded
+
+
 def default_corpus() -> Corpus:
     """The shipped default corpus (hash verified, so a modified install is caught)."""
     corpus = Corpus.from_file(DEFAULT_CORPUS_FILE, name=DEFAULT_CORPUS_NAME)
-    if corpus.sha256 != DEFAULT_CORPUS_SHA256:
-        raise DataError(
-            f"default corpus {DEFAULT_CORPUS_FILE} has sha256 {corpus.sha256}, expected "
-            f"{DEFAULT_CORPUS_SHA256}: the installed file was modified; reinstall onnxq"
-        )
-    return corpus
+    return _verified(corpus, DEFAULT_CORPUS_FILE, DEFAULT_CORPUS_SHA256, "default corpus")
 
 
 def default_sentences() -> SentenceSet:
     """The shipped default sentence set (hash verified)."""
     sentences = SentenceSet.from_file(DEFAULT_SENTENCES_FILE, name=DEFAULT_SENTENCES_NAME)
-    if sentences.sha256 != DEFAULT_SENTENCES_SHA256:
-        raise DataError(
-            f"default sentence set {DEFAULT_SENTENCES_FILE} has sha256 {sentences.sha256}, expected "
-            f"{DEFAULT_SENTENCES_SHA256}: the installed file was modified; reinstall onnxq"
-        )
-    return sentences
+    return _verified(sentences, DEFAULT_SENTENCES_FILE, DEFAULT_SENTENCES_SHA256, "default sentence set")
 
 
 def resolve_corpus(corpus: Union[Corpus, PathLike, None]) -> Corpus:

@@ -1,0 +1,226 @@
+"""``onnxq.quantize``: quantize an ONNX model file with a GGML type or a recipe.
+
+load (lazily) -> sites -> plan (recipe) -> one calibration per data source, serving every
+pass -> the method passes (a registry: method kind -> pass), in memory first
+(SmoothQuant, then AWQ) -> the GGML pass streams the output -> atomic save -> report.
+
+The input is never modified; the output is written to temporary files and renamed into
+place only when complete; the same input, recipe and imatrix give byte-identical output.
+The output records ``onnxq.version`` and ``onnxq.recipe`` (JSON) in its metadata.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import onnx
+
+from ._version import __version__
+from .errors import ModelError, RecipeError
+from .ggml.imatrix import ImportanceMatrix, is_imatrix_file
+from .ggml.step import GGMLPass
+from .modelio import (
+    EXTERNAL_DATA_THRESHOLD,
+    ModelWriter,
+    check_output_path,
+    file_bytes,
+    is_external,
+    load_model,
+    model_dir,
+    set_metadata,
+    tensor_nbytes,
+    with_initializers,
+)
+from .passes import Calibration, MethodPass, QuantizeJob, QuantizeOptions
+from .plan import GGML, KEEP, SMOOTHQUANT
+from .recipe import Recipe, load_recipe as _load_recipe, plan, single_type_recipe
+from .report import LayerResult, QuantizeReport, summarize_skipped
+from .sites import Skipped, find_sites
+from .smoothquant.step import SmoothQuantPass
+
+__all__ = ["quantize", "resolve_recipe", "load_recipe", "PASSES", "DEFAULT_RECIPE", "VERSION_KEY", "RECIPE_KEY"]
+
+PathLike = Union[str, os.PathLike]
+
+VERSION_KEY = "onnxq.version"
+RECIPE_KEY = "onnxq.recipe"
+#: the recipe ``onnxq quantize`` uses when given neither --type nor --recipe (see the demo)
+DEFAULT_RECIPE = "q5_k_m"
+
+#: method kind -> its pass; a new method is a wing plus one entry here
+PASSES: Dict[str, type] = {SMOOTHQUANT: SmoothQuantPass, GGML: GGMLPass}
+
+
+def load_recipe(source: Any) -> Recipe:
+    """:func:`onnxq.recipe.load_recipe`, with every method's own settings checked too."""
+    recipe = _load_recipe(source)
+    for pass_type in PASSES.values():
+        check = getattr(pass_type, "check_recipe", None)
+        if check is not None:
+            check(recipe)
+    return recipe
+
+
+def resolve_recipe(type: Optional[str] = None, recipe: Any = None, mode: Optional[str] = None) -> Recipe:
+    """The recipe for ``type`` (one GGML type everywhere) or ``recipe`` (file, preset, dict)."""
+    if type is not None and recipe is not None:
+        raise RecipeError("give either a type or a recipe, not both")
+    if type is not None:
+        result = single_type_recipe(type, mode)
+    else:
+        result = load_recipe(recipe if recipe is not None else DEFAULT_RECIPE)
+    return result.with_mode(mode)
+
+
+def quantize(
+    input: PathLike,
+    output: PathLike,
+    *,
+    type: Optional[str] = None,
+    recipe: Any = None,
+    mode: Optional[str] = None,
+    imatrix_data: Any = None,
+    imatrix: Union[ImportanceMatrix, Mapping[str, Any], PathLike, None] = None,
+    save_imatrix: Optional[PathLike] = None,
+    calibration_data: Any = None,
+    smoothquant_options: Optional[Mapping[str, Any]] = None,
+    awq: Any = None,
+    threads: Optional[int] = None,
+    calibration_batches: Optional[int] = None,
+    external_data: Optional[bool] = None,
+    progress: bool = True,
+) -> QuantizeReport:
+    """Quantize the ONNX model at ``input`` into ``output``.
+
+    Args:
+        type: one GGML type for every linear layer and embedding (``"q6_k"``), or
+        recipe: a preset name (``"q5_k_m"``), a JSON/YAML recipe file, a dict or a
+            :class:`~onnxq.recipe.Recipe`; neither: the ``q5_k_m`` preset.
+        mode: ``exact`` or ``fast`` for every GGML layer whose rule does not say.
+        imatrix_data: calibration inputs for an importance matrix (``.npz`` of model
+            inputs, dict of arrays, iterable of input dicts, CalibrationDataReader), or an
+            ``.npz`` saved by :meth:`ImportanceMatrix.save`.
+        imatrix: a ready importance matrix (object, mapping or saved ``.npz``).
+        save_imatrix: write the importance matrix used to this ``.npz``.
+        calibration_data: inputs for SmoothQuant layers of a recipe and for AWQ (defaults
+            to ``imatrix_data``).
+        awq: activation-aware weight scaling of the GGML layers (:mod:`onnxq.ggml.awq`):
+            True, a dict of :class:`~onnxq.ggml.awq.AWQConfig` fields, or False to turn off
+            a recipe's ``awq``. None: as the recipe says (a recipe's awq runs only when
+            calibration data is given; ``awq=True`` without data is an error).
+        threads: codec threads (None: all cores).
+        external_data: store weights in ``<output>.data`` (None: when the input does or
+            the weights are large).
+    Returns:
+        a :class:`~onnxq.report.QuantizeReport`.
+    """
+    start = time.perf_counter()
+    options = QuantizeOptions(
+        imatrix_data=imatrix_data, imatrix=imatrix, save_imatrix=save_imatrix, calibration_data=calibration_data,
+        calibration_inputs=_calibration_inputs(calibration_data, imatrix_data),
+        smoothquant_options=dict(smoothquant_options or {}), awq=awq, threads=threads,
+        calibration_batches=calibration_batches, progress=progress,
+    )
+    job = _open(input, output, resolve_recipe(type, recipe, mode), options)
+    passes: List[MethodPass] = [PASSES[kind]() for kind in job.plan.kinds() if kind in PASSES]
+    for p in passes:
+        p.check(job)
+    for p in passes:
+        p.request(job)
+    job.calibration.run()
+    for p in passes:
+        p.prepare(job)
+    model = _write(job, passes, external_data)
+    return _report(job, model, time.perf_counter() - start)
+
+
+def _calibration_inputs(calibration_data: Any, imatrix_data: Any) -> Any:
+    data = calibration_data if calibration_data is not None else imatrix_data
+    if data is None or (isinstance(data, (str, os.PathLike)) and is_imatrix_file(data)):
+        return None
+    return data
+
+
+def _open(input: PathLike, output: PathLike, recipe: Recipe, options: QuantizeOptions) -> QuantizeJob:
+    """Check the paths, load the model (external data stays on disk), find its sites, plan."""
+    in_path = os.path.abspath(os.fspath(input))
+    out_path = check_output_path(in_path, output)
+    model = load_model(in_path)
+    analysis = find_sites(model)
+    if not analysis.linear and not analysis.embeddings:
+        detail = f" (looked at: {summarize_skipped(analysis.skipped)})" if analysis.skipped else ""
+        raise ModelError(
+            f"{in_path}: no quantizable layer: no MatMul/Gemm with a constant 2-D float weight "
+            f"and no Gather on a constant table{detail}"
+        )
+    the_plan = plan(analysis, recipe)
+    if not any(d.method.kind in (GGML, SMOOTHQUANT) for d in the_plan.decisions):
+        raise RecipeError(f"recipe {recipe.name!r} keeps every layer of {in_path}: nothing to quantize")
+    base_dir = model_dir(in_path)
+    job = QuantizeJob(
+        input_path=in_path, output_path=out_path, base_dir=base_dir, recipe=recipe, model=model,
+        analysis=analysis, plan=the_plan, options=options,
+        calibration=Calibration(model, base_dir, options.calibration_batches, options.progress),
+        skipped=list(analysis.skipped), warnings=list(the_plan.warnings),
+    )
+    job.metadata.update({VERSION_KEY: __version__, RECIPE_KEY: recipe.to_json()})
+    job.reports["input_bytes"] = file_bytes(in_path, model)
+    job.reports["order"] = {node.name: i for i, node in enumerate(model.graph.node)}
+    return job
+
+
+def _write(job: QuantizeJob, passes: List[MethodPass], external_data: Optional[bool]) -> onnx.ModelProto:
+    """The output model, written atomically: streamed by the pass that writes (GGML), else
+    the prepared model copied through the writer."""
+    model = job.model
+    if external_data is None:
+        weights = sum(tensor_nbytes(t) for t in model.graph.initializer)
+        external_data = any(is_external(t) for t in model.graph.initializer) or weights > EXTERNAL_DATA_THRESHOLD
+    _report_kept(job)
+    with ModelWriter(job.output_path, external_data=external_data) as writer:
+        written = None
+        for p in passes:
+            written = p.write(job, writer) or written
+        if written is None:
+            written = with_initializers(model, [writer.copy_tensor(t, job.base_dir) for t in model.graph.initializer])
+        set_metadata(written, job.metadata)
+        writer.write(written)
+    return written
+
+
+def _report_kept(job: QuantizeJob) -> None:
+    """LayerResults (and skipped entries) of the sites the plan keeps in float; a float
+    table read by two sites counts once."""
+    owner: Dict[str, str] = {}
+    sites = {s.name: s for s in [*job.analysis.linear, *job.analysis.embeddings]}
+    order = job.reports["order"]
+    for d in sorted(job.plan.by_kind(KEEP), key=lambda d: order.get(d.site, len(order))):
+        site = sites[d.site]
+        is_emb = d.kind == "embedding"
+        weight = site.table if is_emb else site.weight
+        first = owner.setdefault(weight, site.name)
+        job.layers.append(LayerResult(
+            name=site.name, kind=d.kind, role="embedding" if is_emb else site.role, layer=site.layer, method=KEEP,
+            K=site.K, N=site.N, source=d.source, note=d.note, shared_with=None if first == site.name else first,
+        ))
+        why = d.note or f"kept by recipe ({d.source})"
+        job.skipped.append(Skipped(site.name, "Gather" if is_emb else site.op_type, why))
+
+
+def _report(job: QuantizeJob, model: onnx.ModelProto, seconds: float) -> QuantizeReport:
+    order = job.reports["order"]
+    return QuantizeReport(
+        input=job.input_path,
+        output=job.output_path,
+        recipe=job.recipe,
+        layers=sorted(job.layers, key=lambda l: order.get(l.name, len(order))),
+        skipped=job.skipped,
+        warnings=job.warnings,
+        input_bytes=job.reports["input_bytes"],
+        output_bytes=file_bytes(job.output_path, model),
+        seconds=seconds,
+        imatrix_tensors=job.reports.get("imatrix_tensors", 0),
+        smoothquant=job.reports.get("smoothquant"),
+        awq=job.reports.get("awq"),
+    )

@@ -1,0 +1,182 @@
+"""What a quantization run did: a row per site (:class:`LayerResult`, filled by each
+method pass) and the run's :class:`QuantizeReport` with its closing table and JSON form."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .plan import KEEP, SMOOTHQUANT
+from .recipe import Recipe
+from .sites import Skipped
+from .units import bits_per_weight, format_bytes, format_count, record
+
+__all__ = ["LayerResult", "TypeSummary", "QuantizeReport", "summarize_skipped"]
+
+
+@dataclass
+class LayerResult:
+    """What happened to one site."""
+
+    name: str
+    kind: str  # "linear" | "embedding"
+    role: str
+    layer: Optional[int]
+    method: str  # "Q4_K", "keep", "smoothquant"
+    K: int
+    N: int
+    tail_type: Optional[str] = None
+    mode: Optional[str] = None
+    #: bytes this site adds to the model (0 when it shares another site's blocks)
+    nbytes: int = 0
+    #: bytes of its blocks whether or not they are shared
+    packed_bytes: int = 0
+    shared_with: Optional[str] = None
+    source: str = "default"
+    note: Optional[str] = None
+
+    @property
+    def params(self) -> int:
+        return self.K * self.N
+
+    @property
+    def bits_per_weight(self) -> Optional[float]:
+        """Effective bits per weight of the stored blocks (tails and padding included)."""
+        return bits_per_weight(self.packed_bytes, self.params)
+
+
+@dataclass
+class TypeSummary:
+    """One line of the closing table: all sites stored with one method (the bits per
+    weight are filled in once the sums are complete)."""
+
+    method: str
+    layers: int = 0
+    params: int = 0
+    nbytes: int = 0
+    bits_per_weight: Optional[float] = None
+
+
+@dataclass
+class QuantizeReport:
+    """What :func:`onnxq.quantize` did: per-site results, skipped nodes, sizes, time."""
+
+    input: str
+    output: str
+    recipe: Recipe
+    layers: List[LayerResult] = field(default_factory=list)
+    skipped: List[Skipped] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    input_bytes: int = 0
+    output_bytes: int = 0
+    seconds: float = 0.0
+    imatrix_tensors: int = 0
+    smoothquant: Any = None
+    awq: Any = None
+
+    # -- summaries
+    def by_method(self) -> List[TypeSummary]:
+        """Per method (GGML type, keep, smoothquant): layers, params and stored bytes
+        (shared blocks counted once); kept layers count their float bytes."""
+        rows: "OrderedDict[str, TypeSummary]" = OrderedDict()
+        for layer in sorted(self.layers, key=lambda l: _method_order(l.method)):
+            row = rows.setdefault(layer.method, TypeSummary(layer.method))
+            row.layers += 1
+            if layer.shared_with is None:
+                row.params += layer.params
+                row.nbytes += layer.nbytes if layer.method != KEEP else 0
+        for row in rows.values():
+            row.bits_per_weight = bits_per_weight(row.nbytes, row.params)
+        return list(rows.values())
+
+    @property
+    def quantized_params(self) -> int:
+        return sum(l.params for l in self.layers if l.method not in (KEEP, SMOOTHQUANT) and l.shared_with is None)
+
+    @property
+    def quantized_bytes(self) -> int:
+        return sum(l.nbytes for l in self.layers if l.method not in (KEEP, SMOOTHQUANT))
+
+    @property
+    def bits_per_weight(self) -> Optional[float]:
+        """Effective bits per weight over all GGML-quantized weights (shared ones once)."""
+        p = self.quantized_params
+        return 8.0 * self.quantized_bytes / p if p else None
+
+    @property
+    def size_ratio(self) -> Optional[float]:
+        """Input file bytes / output file bytes."""
+        return self.input_bytes / self.output_bytes if self.output_bytes else None
+
+    def table(self) -> str:
+        """The closing table the CLI prints."""
+        lines = [f"{'method':<12}{'layers':>7}{'params':>12}{'bytes':>12}{'bpw':>8}"]
+        for row in self.by_method():
+            if row.method == KEEP or not row.nbytes:
+                lines.append(f"{row.method:<12}{row.layers:>7}{format_count(row.params):>12}{'-':>12}{'-':>8}")
+            else:
+                bpw = f"{row.bits_per_weight:.3f}" if row.bits_per_weight else "-"
+                lines.append(f"{row.method:<12}{row.layers:>7}{format_count(row.params):>12}{format_bytes(row.nbytes):>12}{bpw:>8}")
+        bpw = f"{self.bits_per_weight:.3f}" if self.bits_per_weight else "-"
+        ggml_layers = sum(r.layers for r in self.by_method() if r.method not in (KEEP, SMOOTHQUANT))
+        if ggml_layers:  # a SmoothQuant-only run has no GGML total to show
+            lines.append(
+                f"{'ggml total':<12}{ggml_layers:>7}"
+                f"{format_count(self.quantized_params):>12}{format_bytes(self.quantized_bytes):>12}{bpw:>8}"
+            )
+        float_bytes = 4 * self.quantized_params
+        if self.quantized_bytes:
+            lines.append(
+                f"quantized weights: {format_bytes(self.quantized_bytes)} vs {format_bytes(float_bytes)} as float32 "
+                f"({float_bytes / self.quantized_bytes:.2f}x smaller)"
+            )
+        ratio = f" ({self.size_ratio:.2f}x smaller)" if self.size_ratio else ""
+        lines.append(f"model file: {format_bytes(self.input_bytes)} -> {format_bytes(self.output_bytes)}{ratio}")
+        if self.awq is not None:
+            lines.append(self.awq.summary())
+        if self.skipped:
+            lines.append("skipped: " + summarize_skipped(self.skipped))
+        return "\n".join(lines)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "recipe": self.recipe.to_dict(),
+            "seconds": round(self.seconds, 3),
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+            "bits_per_weight": self.bits_per_weight,
+            "quantized_params": self.quantized_params,
+            "quantized_bytes": self.quantized_bytes,
+            "imatrix_tensors": self.imatrix_tensors,
+            "by_method": [record(r, ("method", "layers", "params", ("bytes", "nbytes"), "bits_per_weight"))
+                          for r in self.by_method()],
+            "layers": [record(l, _LAYER_KEYS) for l in self.layers],
+            "skipped": [record(s, ("node", "op_type", "reason")) for s in self.skipped],
+            "warnings": list(self.warnings),
+            "smoothquant": self.smoothquant.to_dict() if self.smoothquant is not None else None,
+            "awq": self.awq.to_dict() if self.awq is not None else None,
+        }
+
+
+_LAYER_KEYS = ("name", "kind", "role", "layer", "method", "K", "N", "tail_type", "mode", ("bytes", "nbytes"),
+               "bits_per_weight", "shared_with", ("rule", "source"), "note")
+
+
+def _method_order(method: str) -> tuple:
+    order = ["Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", SMOOTHQUANT, KEEP]
+    return (order.index(method) if method in order else len(order), method)
+
+
+def summarize_skipped(skipped: List[Skipped]) -> str:
+    """``"60 MatMul: activation x activation; 2 Gather: ..."`` (reasons grouped)."""
+    groups: "OrderedDict[tuple, int]" = OrderedDict()
+    for s in skipped:
+        reason = s.reason
+        if reason.startswith("weight ") and "'" in reason:  # drop the tensor name for grouping
+            reason = reason.split("'", 2)[-1].strip() or reason
+        groups[(s.op_type, reason)] = groups.get((s.op_type, reason), 0) + 1
+    return "; ".join(f"{n} {op}: {reason}" for (op, reason), n in groups.items())
+
+
