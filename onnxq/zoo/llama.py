@@ -1,23 +1,29 @@
-"""Build SmolLM2-135M-Instruct (a LLaMA decoder) as a float32 ONNX model from its GGUF file.
+"""The LLaMA-family decoder graph (LLaMA, SmolLM2, Mistral, Qwen2), built from a GGUF checkpoint.
 
-Every hyper-parameter comes from the GGUF metadata and every weight is dequantized to float32.
 The graph is shaped like an optimum / torch.onnx export of ``LlamaForCausalLM``:
 
 - linear layers are ``MatMul(x, W)`` with W a float32 initializer [in, out] named as in HF
-  (``model.layers.3.self_attn.q_proj.weight``), node ``/model/layers.3/self_attn/q_proj/MatMul``;
+  (``model.layers.3.self_attn.q_proj.weight``), node ``/model/layers.3/self_attn/q_proj/MatMul``,
+  followed by ``Add(bias)`` where the checkpoint has one (Qwen2's q/k/v);
 - RMSNorm is decomposed: Pow -> ReduceMean -> Add(eps) -> Sqrt -> Div(x, .) -> Mul(., weight),
   the last Mul by the ``...layernorm.weight`` initializer (SmoothQuant folds into it); this is the
   form onnxruntime fuses into SimplifiedLayerNormalization (a Reciprocal -> Mul form is not fused);
-- rotary embeddings in HF's ``rotate_half`` convention: llama.cpp's q/k row permutation is undone;
+- rotary embeddings in HF's ``rotate_half`` convention. llama.cpp's converter permutes the q/k
+  rows of ``llama``-architecture checkpoints for ggml's "normal" rope (adjacent pairs (2i, 2i+1)
+  rotate together); the float graph undoes that permutation, while a graph that keeps the rows
+  as stored (``keep_rows``) rotates adjacent pairs instead. Architectures llama.cpp does not
+  permute (Qwen2: "neox" rope) use ``rotate_half`` on the rows as stored either way;
 - grouped-query attention without copying K/V: queries are viewed as [b, kv_heads, rep, s, d]
   and keys/values as [b, kv_heads, 1, t, d], so the two activation MatMuls broadcast;
-- the LM head is tied to the embedding: ``MatMul(h, Transpose(model.embed_tokens.weight))`` so the
-  table is stored once and shared by the Gather and the head.
+- a tied LM head is ``MatMul(h, Transpose(model.embed_tokens.weight))`` so the table is stored
+  once and shared by the Gather and the head.
+
+:class:`LlamaGraph` emits float32 weights dequantized from the checkpoint; subclasses override
+:meth:`~LlamaGraph.linear`, :meth:`~LlamaGraph.embedding` and :meth:`~LlamaGraph.lm_head` to
+store weights another way (``onnxq.gguf`` keeps the GGUF's blocks).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -25,12 +31,8 @@ from onnx import TensorProto
 from tqdm.auto import tqdm
 
 from ..errors import ModelError
-from .checkpoints import file_sha256
 from .graph_builder import GraphBuilder
-from .gguf_reader import GGUFCheckpoint, LlamaConfig, open_gguf, read_llama_config, unpermute_rotary_rows
-
-# Bump when the graph or its bytes change on purpose; the cache key also hashes this source.
-BUILDER_VERSION = "1"
+from .gguf_reader import GGUFCheckpoint, LlamaConfig, unpermute_rotary_rows
 
 _NEG = float(np.finfo(np.float32).min)  # the additive mask value HF uses for float32
 
@@ -38,22 +40,66 @@ KIND_FULL = "causal-lm"
 KIND_KV = "causal-lm-kv"
 
 
-class _LlamaGraph:
-    """Emits the decoder into a GraphBuilder, one weight at a time from the checkpoint."""
+class LlamaGraph:
+    """Emits the decoder into a GraphBuilder, one weight at a time from the checkpoint.
+
+    ``keep_rows``: keep permuted q/k rows as the checkpoint stores them and rotate adjacent
+    pairs (ggml's convention) instead of un-permuting them for ``rotate_half``.
+    """
+
+    keep_rows = False
+    progress_label = "decoder layers"
 
     def __init__(self, b: GraphBuilder, ckpt: GGUFCheckpoint, cfg: LlamaConfig, kv_cache: bool) -> None:
         self.b, self.ckpt, self.cfg, self.kv = b, ckpt, cfg, kv_cache
+        self.rope_pairs = cfg.qk_rows_permuted and self.keep_rows
+        self.unpermute = cfg.qk_rows_permuted and not self.keep_rows
 
-    # -- building blocks -------------------------------------------------------------
+    # -- weights (overridden to store them another way) --------------------------------
     def linear(self, x: str, scope: str, name: str, gguf_name: str, unpermute_heads: Optional[int] = None) -> str:
+        """``x @ W.T (+ bias)`` for GGUF weight ``gguf_name`` [out, in] (and ``<...>.bias`` if present)."""
         w = self.ckpt.tensor(gguf_name)
         if w.ndim != 2:
             raise ModelError(f"{self.ckpt.path}: tensor {gguf_name!r} has shape {w.shape}, expected a 2-D weight")
-        if unpermute_heads is not None:
+        if unpermute_heads is not None and self.unpermute:
             w = unpermute_rotary_rows(w, unpermute_heads)
         self.b.weight(name, np.ascontiguousarray(w.T))  # [out, in] -> [in, out]
-        return self.b.op("MatMul", [x, name], scope)
+        y = self.b.op("MatMul", [x, name], scope)
+        bias = self.bias(gguf_name, w.shape[0], unpermute_heads)
+        if bias is not None:
+            y = self.b.op("Add", [y, self.b.weight(name[: -len("weight")] + "bias", bias)], scope)
+        return y
 
+    def bias(self, gguf_weight: str, n_out: int, unpermute_heads: Optional[int]) -> Optional[np.ndarray]:
+        """The float32 bias [n_out] stored beside ``gguf_weight`` (``blk.0.attn_q.bias``), or None."""
+        gguf_name = gguf_weight[: -len("weight")] + "bias"
+        if not self.ckpt.has_tensor(gguf_name):
+            return None
+        bias = self.ckpt.tensor(gguf_name, (n_out,))
+        if unpermute_heads is not None and self.unpermute:
+            bias = unpermute_rotary_rows(bias[:, None], unpermute_heads)[:, 0]
+        return np.ascontiguousarray(bias, dtype=np.float32)
+
+    def embedding(self, input_ids: str) -> tuple[str, str]:
+        """(hidden states [b, s, hidden], the table's name for a tied head)."""
+        cfg = self.cfg
+        table = self.ckpt.tensor("token_embd.weight", (cfg.vocab_size, cfg.hidden_size))
+        embed = self.b.weight("model.embed_tokens.weight", table)
+        del table
+        return self.b.op("Gather", [embed, input_ids], "/model/embed_tokens", axis=0), embed
+
+    def lm_head(self, h: str, embed: str) -> None:
+        """``logits`` = h @ head.T, the head being ``output.weight`` or the tied embedding table."""
+        b, cfg = self.b, self.cfg
+        if cfg.tied_embeddings:
+            head = b.op("Transpose", [embed], "/lm_head", perm=[1, 0])
+        else:
+            w = self.ckpt.tensor("output.weight", (cfg.vocab_size, cfg.hidden_size))
+            head = b.weight("lm_head.weight", np.ascontiguousarray(w.T))
+            del w
+        b.op("MatMul", [h, head], "/lm_head", outputs=["logits"])
+
+    # -- building blocks -------------------------------------------------------------
     def rms_norm(self, x: str, scope: str, name: str, gguf_name: str) -> str:
         b, cfg = self.b, self.cfg
         w = self.ckpt.tensor(gguf_name, (cfg.hidden_size,))
@@ -65,11 +111,31 @@ class _LlamaGraph:
         return b.op("Mul", [xn, name], scope)
 
     def rope(self, x: str, cos: str, sin: str, scope: str) -> str:
-        """x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x2, x1) over the head dim."""
+        """Rotary embedding of x [b, heads, s, d] with the tables of :meth:`rotary_tables`."""
         b, half = self.b, self.cfg.head_dim // 2
+        if self.rope_pairs:
+            # (x0, x1) of each pair -> (x0 cos - x1 sin, x0 sin + x1 cos); tables are [b, 1, s, d/2, 1]
+            pairs = b.op("Reshape", [x, b.const([0, 0, 0, half, 2])], scope)
+            x0, x1 = b.op("Split", [pairs, b.const([1, 1])], scope, n_outputs=2, axis=-1)
+            r0 = b.op("Sub", [b.op("Mul", [x0, cos], scope), b.op("Mul", [x1, sin], scope)], scope)
+            r1 = b.op("Add", [b.op("Mul", [x0, sin], scope), b.op("Mul", [x1, cos], scope)], scope)
+            rotated = b.op("Concat", [r0, r1], scope, axis=-1)
+            return b.op("Reshape", [rotated, b.const([0, 0, 0, self.cfg.head_dim])], scope)
+        # x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x2, x1) over the head dim
         x1, x2 = b.op("Split", [x, b.const([half, half])], scope, n_outputs=2, axis=-1)
         rotated = b.op("Concat", [b.op("Neg", [x2], scope), x1], scope, axis=-1)
         return b.op("Add", [b.op("Mul", [x, cos], scope), b.op("Mul", [rotated, sin], scope)], scope)
+
+    def inv_freq(self) -> np.ndarray:
+        """theta^(-2i/d), divided by the linear rope-scaling factor and ``rope_freqs.weight``."""
+        cfg = self.cfg
+        exponents = np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim
+        inv = 1.0 / cfg.rope_theta ** exponents
+        if cfg.rope_scale != 1.0:
+            inv = inv / cfg.rope_scale
+        if self.ckpt.has_tensor("rope_freqs.weight"):  # llama 3.1-style per-frequency factors
+            inv = inv / self.ckpt.tensor("rope_freqs.weight", (cfg.head_dim // 2,)).astype(np.float64)
+        return inv.astype(np.float32)
 
     # -- graph pieces ----------------------------------------------------------------
     def inputs(self) -> dict[str, str]:
@@ -98,20 +164,23 @@ class _LlamaGraph:
         return b.op("Gather", [b.op("Shape", [tensor], scope), b.const(1)], scope, axis=0)
 
     def rotary_tables(self, io: dict[str, str]) -> tuple[str, str]:
-        """cos and sin [batch, 1, seq, head_dim] for the positions of this call."""
-        b, cfg, scope = self.b, self.cfg, "/model/rotary_emb"
+        """cos and sin for the positions of this call: [batch, 1, seq, head_dim] for
+        ``rotate_half``, [batch, 1, seq, head_dim / 2, 1] for pairs."""
+        b, scope = self.b, "/model/rotary_emb"
         if self.kv:
             positions = io["position_ids"]
         else:
             steps = b.op("Range", [b.const(0), self.seq_len(io["input_ids"], scope), b.const(1)], scope)
             positions = b.op("Unsqueeze", [steps, b.const([0])], scope)
-        exponents = np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim
-        inv_freq = b.weight("model.rotary_emb.inv_freq", (1.0 / cfg.rope_theta ** exponents).astype(np.float32))
+        inv_freq = b.weight("model.rotary_emb.inv_freq", self.inv_freq())
         pos = b.op("Unsqueeze", [b.op("Cast", [positions], scope, to=TensorProto.FLOAT), b.const([-1])], scope)
         freqs = b.op("Mul", [pos, inv_freq], scope)
-        emb = b.op("Concat", [freqs, freqs], scope, axis=-1)
-        cos = b.op("Unsqueeze", [b.op("Cos", [emb], scope), b.const([1])], scope)
-        sin = b.op("Unsqueeze", [b.op("Sin", [emb], scope), b.const([1])], scope)
+        if self.rope_pairs:
+            emb, axes = freqs, [1, -1]
+        else:
+            emb, axes = b.op("Concat", [freqs, freqs], scope, axis=-1), [1]
+        cos = b.op("Unsqueeze", [b.op("Cos", [emb], scope), b.const(axes)], scope)
+        sin = b.op("Unsqueeze", [b.op("Sin", [emb], scope), b.const(axes)], scope)
         return cos, sin
 
     def attention_mask(self, io: dict[str, str]) -> str:
@@ -178,13 +247,10 @@ class _LlamaGraph:
         b, cfg = self.b, self.cfg
         io = self.inputs()
         self.outputs()
-        table = self.ckpt.tensor("token_embd.weight", (cfg.vocab_size, cfg.hidden_size))
-        embed = b.weight("model.embed_tokens.weight", table)
-        del table
-        h = b.op("Gather", [embed, io["input_ids"]], "/model/embed_tokens", axis=0)
+        h, embed = self.embedding(io["input_ids"])
         cos, sin = self.rotary_tables(io)
         mask = self.attention_mask(io)
-        for i in tqdm(range(cfg.n_layers), desc="smollm2 layers", unit="layer", disable=not progress, leave=False):
+        for i in tqdm(range(cfg.n_layers), desc=self.progress_label, unit="layer", disable=not progress, leave=False):
             scope, prefix = f"/model/layers.{i}", f"model.layers.{i}"
             x = self.rms_norm(h, f"{scope}/input_layernorm", f"{prefix}.input_layernorm.weight", f"blk.{i}.attn_norm.weight")
             h = b.op("Add", [h, self.attention(x, i, cos, sin, mask)], scope)
@@ -192,46 +258,4 @@ class _LlamaGraph:
                               f"blk.{i}.ffn_norm.weight")
             h = b.op("Add", [h, self.mlp(x, i)], scope)
         h = self.rms_norm(h, "/model/norm", "model.norm.weight", "output_norm.weight")
-        if cfg.tied_embeddings:
-            head = b.op("Transpose", [embed], "/lm_head", perm=[1, 0])
-        else:
-            w = self.ckpt.tensor("output.weight", (cfg.vocab_size, cfg.hidden_size))
-            head = b.weight("lm_head.weight", np.ascontiguousarray(w.T))
-            del w
-        b.op("MatMul", [h, head], "/lm_head", outputs=["logits"])
-
-
-def build_smollm2(
-    gguf_path: os.PathLike,
-    output_path: os.PathLike,
-    *,
-    kv_cache: bool = False,
-    family: str = "smollm2-135m",
-    builder_version: str = BUILDER_VERSION,
-    progress: bool = True,
-) -> Path:
-    """Build the float32 ONNX decoder from ``gguf_path`` into ``output_path`` (written atomically).
-
-    ``kv_cache=True`` gives the generation variant: inputs ``input_ids``, ``attention_mask``
-    [batch, past+seq], ``position_ids``, ``past_key_values.{i}.key/value`` [batch, kv_heads,
-    past, head_dim]; outputs ``logits`` and ``present.{i}.key/value``.
-    """
-    ckpt = open_gguf(gguf_path)
-    cfg = read_llama_config(ckpt)
-    b = GraphBuilder("smollm2_kv" if kv_cache else "smollm2")
-    _LlamaGraph(b, ckpt, cfg, kv_cache).build(progress)
-    metadata = {
-        "onnxq.model.family": family,
-        "onnxq.model.kind": KIND_KV if kv_cache else KIND_FULL,
-        "onnxq.model.source": Path(gguf_path).name,
-        "onnxq.model.source_sha256": file_sha256(gguf_path),
-        "onnxq.model.builder_version": builder_version,
-        "onnxq.model.num_layers": str(cfg.n_layers),
-        "onnxq.model.num_heads": str(cfg.n_heads),
-        "onnxq.model.num_kv_heads": str(cfg.n_kv_heads),
-        "onnxq.model.head_dim": str(cfg.head_dim),
-        "onnxq.model.vocab_size": str(cfg.vocab_size),
-        "onnxq.model.context_length": str(cfg.context_length),
-    }
-    doc = f"{family} ({'with KV cache' if kv_cache else 'full sequence'}), float32, built by onnxq.zoo from {Path(gguf_path).name}"
-    return b.save(output_path, metadata, doc)
+        self.lm_head(h, embed)
