@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from .._version import __version__
 from ..errors import ModelError
+from ..evaluate.tokenizer import TOKENIZER_KEY
 from ..formats import GGMLQuantType
 from ..ggml.nodes import MODES, onnxq_opset
 from ..modelio import EXTERNAL_DATA_THRESHOLD, ModelWriter, check_output_path, file_bytes
@@ -36,8 +37,6 @@ __all__ = ["import_gguf", "ImportReport", "TOKENIZER_KEY", "tokenizer_path_for"]
 
 PathLike = Union[str, os.PathLike]
 
-#: metadata key naming the tokenizer file written beside the model (relative to its folder)
-TOKENIZER_KEY = "onnxq.model.tokenizer"
 TYPES_KEY = "onnxq.gguf.tensor_types"
 REQUANTIZED_KEY = "onnxq.gguf.requantized"
 #: the graph's weights: "blocks" (the GGUF's own, in GgmlMatMul/GgmlGather) or "dequantized" (float32)
