@@ -3,8 +3,8 @@ quantized blocks unchanged."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from . import print_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +44,5 @@ def run(args: argparse.Namespace) -> int:
         dequantize=args.dequantize, tokenizer=not args.no_tokenizer,
         external_data=True if args.external_data else None, progress=not args.quiet,
     )
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(report.table())
+    print_report(report, args.json)
     return 0

@@ -27,7 +27,7 @@ from ..units import format_bytes
 from ..zoo.checkpoints import file_sha256
 from ..zoo.graph_builder import GraphBuilder
 from ..zoo.gguf_reader import LlamaConfig, open_gguf, read_decoder_config
-from ..zoo.llama import KIND_FULL, KIND_KV, LlamaGraph
+from ..zoo.llama import KIND_FULL, KIND_KV, LlamaGraph, config_metadata
 from .archs import architecture, check_tensor_names
 from .blocks_graph import BlocksGraph, TensorRecord
 from .tensors import GGUFTensors
@@ -189,12 +189,7 @@ def _metadata(cfg: LlamaConfig, family: str, src: Path, sha: str, kv_cache: bool
         "onnxq.model.kind": KIND_KV if kv_cache else KIND_FULL,
         "onnxq.model.source": src.name,
         "onnxq.model.source_sha256": sha,
-        "onnxq.model.num_layers": str(cfg.n_layers),
-        "onnxq.model.num_heads": str(cfg.n_heads),
-        "onnxq.model.num_kv_heads": str(cfg.n_kv_heads),
-        "onnxq.model.head_dim": str(cfg.head_dim),
-        "onnxq.model.vocab_size": str(cfg.vocab_size),
-        "onnxq.model.context_length": str(cfg.context_length),
+        **config_metadata(cfg),
         "onnxq.gguf.architecture": cfg.architecture,
         TYPES_KEY: json.dumps({t.name: t.type_name for t in tensors}),
         WEIGHTS_KEY: "dequantized" if dequantize else "blocks",

@@ -40,6 +40,18 @@ KIND_FULL = "causal-lm"
 KIND_KV = "causal-lm-kv"
 
 
+def config_metadata(cfg: LlamaConfig) -> dict[str, str]:
+    """The hyper-parameters every built decoder records in its metadata_props."""
+    return {
+        "onnxq.model.num_layers": str(cfg.n_layers),
+        "onnxq.model.num_heads": str(cfg.n_heads),
+        "onnxq.model.num_kv_heads": str(cfg.n_kv_heads),
+        "onnxq.model.head_dim": str(cfg.head_dim),
+        "onnxq.model.vocab_size": str(cfg.vocab_size),
+        "onnxq.model.context_length": str(cfg.context_length),
+    }
+
+
 class LlamaGraph:
     """Emits the decoder into a GraphBuilder, one weight at a time from the checkpoint.
 

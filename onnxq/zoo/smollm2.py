@@ -12,7 +12,7 @@ from pathlib import Path
 from .checkpoints import file_sha256
 from .graph_builder import GraphBuilder
 from .gguf_reader import open_gguf, read_llama_config
-from .llama import KIND_FULL, KIND_KV, LlamaGraph
+from .llama import KIND_FULL, KIND_KV, LlamaGraph, config_metadata
 
 # Bump when the graph or its bytes change on purpose; the cache key also hashes this source.
 BUILDER_VERSION = "1"
@@ -47,12 +47,7 @@ def build_smollm2(
         "onnxq.model.source": Path(gguf_path).name,
         "onnxq.model.source_sha256": file_sha256(gguf_path),
         "onnxq.model.builder_version": builder_version,
-        "onnxq.model.num_layers": str(cfg.n_layers),
-        "onnxq.model.num_heads": str(cfg.n_heads),
-        "onnxq.model.num_kv_heads": str(cfg.n_kv_heads),
-        "onnxq.model.head_dim": str(cfg.head_dim),
-        "onnxq.model.vocab_size": str(cfg.vocab_size),
-        "onnxq.model.context_length": str(cfg.context_length),
+        **config_metadata(cfg),
     }
     doc = f"{family} ({'with KV cache' if kv_cache else 'full sequence'}), float32, built by onnxq.zoo from {Path(gguf_path).name}"
     return b.save(output_path, metadata, doc)
