@@ -1,8 +1,9 @@
 """Write a GGUF's tokenizer as a ``tokenizers`` JSON file beside the imported model.
 
-The tokenizer is the one onnxq.zoo builds from GGUF metadata (byte-level BPE over the file's
-tokens and merges, pre-tokenized by llama.cpp's regexes for ``tokenizer.ggml.pre``, control
-tokens special), so ids match llama.cpp's; a GGUF whose ``add_bos_token`` is true gets a
+The tokenizer is the one onnxq.zoo builds from GGUF metadata as llama.cpp tokenizes: byte-level
+BPE over the file's tokens and merges, pre-tokenized by llama.cpp's regexes for
+``tokenizer.ggml.pre`` (``gpt2``: SmolLM2, Qwen2, LLaMA 3), or SentencePiece BPE with byte
+fallback (``llama``: LLaMA 1/2, Mistral); control tokens are special; a GGUF whose ``add_bos_token`` is true gets a
 post-processor that prepends BOS when special tokens are added, as llama.cpp does.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from ..errors import ModelError
 from ..zoo.graph_builder import atomic_path
 from ..zoo.gguf_reader import GGUFCheckpoint
-from ..zoo.tokenizer import gguf_bpe_tokenizer
+from ..zoo.tokenizer import gguf_tokenizer
 
 
 def tokenizer_json(ckpt: GGUFCheckpoint, family: str) -> str:
@@ -25,7 +26,7 @@ def tokenizer_json(ckpt: GGUFCheckpoint, family: str) -> str:
         raise ModelError("writing the tokenizer needs the 'tokenizers' package: pip install tokenizers "
                          "(or import without it: --no-tokenizer)") from None
     try:
-        tok = gguf_bpe_tokenizer(ckpt, family)
+        tok = gguf_tokenizer(ckpt, family)
     except ModelError as exc:
         raise ModelError(f"{exc} (import the model without its tokenizer with --no-tokenizer)") from None
     backend = Tokenizer.from_str(tok.backend.to_str())  # a copy: the zoo's may be shared
