@@ -375,9 +375,6 @@ class Recipe:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    @property
-    def uses_smoothquant(self) -> bool:
-        return self.default.kind == SMOOTHQUANT or any(r.method.kind == SMOOTHQUANT for r in self.rules)
 
 
 def recipe_from_dict(spec: Mapping[str, Any], name: Optional[str] = None) -> Recipe:
