@@ -376,7 +376,6 @@ class Recipe:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
-
 def recipe_from_dict(spec: Mapping[str, Any], name: Optional[str] = None) -> Recipe:
     """Validate a recipe dict (the structure of a JSON / YAML recipe file)."""
     if not isinstance(spec, Mapping):
