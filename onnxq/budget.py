@@ -521,7 +521,7 @@ def _annotate(report, table: CostTable, choice, reasons) -> None:
 
 def save_recipe_file(recipe, path: PathLike) -> str:
     """Write ``recipe`` as YAML (``.yaml``/``.yml``, needs PyYAML) or JSON, atomically."""
-    import tempfile
+    from .modelio import atomic_write
 
     path = os.path.abspath(os.fspath(path))
     data = recipe.to_dict()
@@ -533,13 +533,4 @@ def save_recipe_file(recipe, path: PathLike) -> str:
         text = yaml.safe_dump(data, sort_keys=False, width=200)
     else:
         text = json.dumps(data, indent=1)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".recipe.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 
 from .ggml.nodes import MATMUL_OP, ggml_node_attributes, is_ggml_node
 from .modelio import file_bytes, load_model, tensor_nbytes
+from .report import LayerShape
 from .sites import FLOAT_TYPES, ModelGraph, find_sites, infer_role, layer_index
 from .units import bits_per_weight, format_bytes, record
 
@@ -34,7 +35,7 @@ _DTYPE_NAMES = {
 
 
 @dataclass
-class LayerInfo:
+class LayerInfo(LayerShape):
     """One weight-carrying layer of a model."""
 
     name: str
@@ -52,10 +53,6 @@ class LayerInfo:
     shared_with: Optional[str] = None
     #: why the layer runs in its mode (``auto``: the measured errors of both modes)
     mode_reason: Optional[str] = None
-
-    @property
-    def params(self) -> int:
-        return self.K * self.N
 
     @property
     def bits_per_weight(self) -> float:

@@ -11,11 +11,22 @@ from .recipe import Recipe
 from .sites import Skipped
 from .units import bits_per_weight, format_bytes, format_count, record
 
-__all__ = ["LayerResult", "TypeSummary", "QuantizeReport", "summarize_skipped"]
+__all__ = ["LayerShape", "LayerResult", "TypeSummary", "QuantizeReport", "summarize_skipped"]
+
+
+class LayerShape:
+    """A layer of ``K`` inputs and ``N`` outputs: its parameter count."""
+
+    K: int
+    N: int
+
+    @property
+    def params(self) -> int:
+        return self.K * self.N
 
 
 @dataclass
-class LayerResult:
+class LayerResult(LayerShape):
     """What happened to one site."""
 
     name: str
@@ -38,10 +49,6 @@ class LayerResult:
     mode_reason: Optional[str] = None
     #: the measured cost of its type (a budget run: increase of the model-level loss)
     cost: Optional[float] = None
-
-    @property
-    def params(self) -> int:
-        return self.K * self.N
 
     @property
     def bits_per_weight(self) -> Optional[float]:

@@ -12,6 +12,16 @@ import json
 import sys
 
 
+#: the options that name calibration data: (flag, metavar, help)
+_DATA_OPTIONS = (
+    ("--imatrix-data", "DATA", "calibration inputs (.npz, one array per model input) to compute an importance "
+                               "matrix, or an imatrix .npz saved with --save-imatrix"),
+    ("--save-imatrix", "FILE.npz", "save the importance matrix for reuse"),
+    ("--calib", "DATA", "calibration inputs (.npz) for SmoothQuant (whole model or recipe layers), --awq, "
+                        "mode auto and budgets"),
+)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     from ..presets import preset_names
 
@@ -43,12 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-recipe", metavar="FILE.yaml",
                         help="with --target-bpw/--target-size: write the chosen mix as a recipe (.yaml or .json) "
                              "that reproduces the file byte for byte")
-    parser.add_argument("--imatrix-data", metavar="DATA",
-                        help="calibration inputs (.npz, one array per model input) to compute an importance "
-                             "matrix, or an imatrix .npz saved with --save-imatrix")
-    parser.add_argument("--save-imatrix", metavar="FILE.npz", help="save the importance matrix for reuse")
-    parser.add_argument("--calib", metavar="DATA",
-                        help="calibration inputs (.npz) for SmoothQuant (whole model or recipe layers) and --awq")
+    for flag, metavar, text in _DATA_OPTIONS:
+        parser.add_argument(flag, metavar=metavar, help=text)
     parser.add_argument("--awq", action="store_true",
                         help="activation-aware weight scaling of the GGML layers before packing (needs --calib "
                              "or --imatrix-data with model inputs); 1/s is folded into the producing norm/Mul")

@@ -93,15 +93,53 @@ def self_generated_batches(model: str = "smollm2-135m", sequences: int = 16, len
 
     if sequences < 1 or length < 2:
         raise ModelError(f"need sequences >= 1 and length >= 2, got {sequences} and {length}")
-    writer, target, family = _generation_sessions(model, progress)
-    tok = load_tokenizer(family)
-    rng = np.random.default_rng(seed)
-    batches = []
-    for i in tqdm(range(sequences), desc="self-calibration", unit="seq", disable=not progress, leave=False):
-        prompt = tok.encode(SELF_PROMPTS[i % len(SELF_PROMPTS)])[:length - 1]
-        ids = prompt + sample_generate(writer, prompt, length - len(prompt), rng)
-        batches.append(prefill_feeds(target, ids))
-    return batches
+    writer, target, family, writer_path = _generation_sessions(model, progress)
+    cache = _text_cache_path(writer_path, sequences, length, seed)
+    texts = _read_cached_texts(cache, sequences, length)
+    if texts is None:
+        tok = load_tokenizer(family)
+        rng = np.random.default_rng(seed)
+        texts = []
+        for i in tqdm(range(sequences), desc="self-calibration", unit="seq", disable=not progress, leave=False):
+            prompt = tok.encode(SELF_PROMPTS[i % len(SELF_PROMPTS)])[:length - 1]
+            texts.append(prompt + sample_generate(writer, prompt, length - len(prompt), rng))
+        _write_cached_texts(cache, texts)
+    return [prefill_feeds(target, ids) for ids in texts]
+
+
+def _text_cache_path(writer_path: str, sequences: int, length: int, seed: int):
+    """Where the token ids a writer model sampled are kept: the same writer file (path,
+    size, mtime), prompts and seed always sample the same text, so it is written once."""
+    import hashlib
+    import os
+
+    from .registry import cache_dir
+
+    st = os.stat(writer_path)
+    key = "|".join(map(str, (os.path.realpath(writer_path), st.st_size, st.st_mtime_ns, sequences, length, seed,
+                              ",".join(SELF_PROMPTS))))
+    return cache_dir().parent / "calibration" / f"self-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+
+
+def _read_cached_texts(path, sequences: int, length: int) -> Optional[List[List[int]]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            ids = npz["ids"]
+    except (OSError, KeyError, ValueError):
+        return None
+    if ids.shape != (sequences, length):
+        return None
+    return [list(map(int, row)) for row in ids]
+
+
+def _write_cached_texts(path, texts: List[List[int]]) -> None:
+    from ..modelio import atomic_write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda fh: np.savez(fh, ids=np.asarray(texts, np.int64)))
+    except OSError:
+        pass  # a read-only cache only costs the generation next time
 
 
 def _session(path: str):
@@ -113,7 +151,8 @@ def _session(path: str):
 
 
 def _generation_sessions(model: str, progress: bool):
-    """(session that writes the text, session whose inputs the batches fill, family)."""
+    """(session that writes the text, session whose inputs the batches fill, family, the
+    writer's file)."""
     import os
 
     from ..errors import ModelError
@@ -129,10 +168,16 @@ def _generation_sessions(model: str, progress: bool):
         family, path = read_metadata(model).get("onnxq.model.family"), model
         if family is None:
             raise ModelError(f"{model}: no 'onnxq.model.family' metadata, so no tokenizer to prompt it with")
+    kind = read_metadata(path).get("onnxq.model.kind")
+    if kind not in (None, "causal-lm", "causal-lm-kv"):
+        raise ModelError(f"{model}: self-generated calibration needs a causal language model to write text; "
+                         f"this model is a {kind}")
     target = _session(path)
     twin = f"{family}-kv"
-    writer = _session(str(ensure(twin, progress=progress))) if twin in available() else target
-    return writer, target, family
+    if twin in available():
+        writer_path = str(ensure(twin, progress=progress))
+        return _session(writer_path), target, family, writer_path
+    return target, target, family, path
 
 
 #: what the auto mode and the budget measure on when no data is given, per model kind
