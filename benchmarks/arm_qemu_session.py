@@ -16,11 +16,10 @@ gcc-aarch64-linux-gnu, PyPI reachable; about 5-10 minutes, most of it emulation)
   5. the same models and inputs under `qemu-aarch64-static -cpu max -L ROOTFS python3`
      (so NEON, dotprod and i8mm all exist) with ONNXQ_ISA = scalar, neon, dotprod, i8mm
      (ROOTFS/proc/cpuinfo describes an ARM core: see fake_cpuinfo).
-Checks: the library reports the forced level; fast-mode outputs are bit-identical across
-the ARM levels and the ARM scalar kernels (the ARM dots repeat the scalar float tail);
-every output matches the x86 one to float tolerance (x86 fuses multiply-adds, ARM fast mode
-does not, so the last bits differ; a Q8 code can flip where an activation sits on a
-rounding tie).
+Checks (see verdict()): the library reports the forced level; fast-mode outputs are
+bit-identical across the ARM levels and the ARM scalar kernels (the ARM dots repeat the
+scalar float tail); exact-mode outputs match x86 to float rounding; fast-mode outputs match
+x86 as closely as x86's own SIMD and scalar kernels match each other.
 This measures correctness, not speed: an emulator says nothing about ARM performance.
 
     python benchmarks/arm_qemu_session.py [--rootfs /work/arm-rootfs] [--types q4_0,q4_K,...]
@@ -166,7 +165,49 @@ def reference(models: dict[str, str], inputs: str) -> dict[str, np.ndarray]:
     return ref
 
 
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
+
+
+def verdict(x86: dict, results: dict) -> list[str]:
+    """Print the comparison table; return the failures.
+
+    Fast mode quantizes every activation row to 8 bits: where upstream floats differ in the
+    last bit (other kernels, or onnxruntime's own LayerNorm/Softmax/GELU built for another
+    architecture), a code on a rounding tie flips and the change grows through the layers.
+    x86's SIMD kernels against x86's scalar ones show how far that goes on these models
+    (up to ~2e-2 of the largest output); ARM against x86 may go as far (x3 the largest
+    such spread). Exact mode has no such steps: float rounding only (1e-5).
+    """
+    failures = []
+    spread = {name: rel_err(x86["best"][name], x86["scalar"][name]) for name in ref}
+    fast_bound = 3 * max(v for k, v in spread.items() if k.endswith("-fast"))
+    print(f"\n{'model':<14} {'level':<8} {'max|arm-x86|/max|x86|':>22} {'x86 simd-vs-scalar':>19} {'cosine':>10}  "
+          "same bits as ARM scalar")
+    for level, res in results.items():
+        if str(res["__isa__"]) != level:
+            failures.append(f"ONNXQ_ISA={level} ran {res['__isa__']}")
+        for name, y in ref.items():
+            a = res[name].astype(np.float64)
+            rel = rel_err(res[name], y)
+            cos = float(np.sum(a * y) / np.sqrt(np.sum(a * a) * np.sum(y.astype(np.float64) ** 2)))
+            same = bool(np.array_equal(res[name], results["scalar"][name]))
+            fast = name.endswith("-fast")
+            print(f"{name:<14} {level:<8} {rel:>22.2e} {spread[name]:>19.2e} {cos:>10.7f}  {same}")
+            ok = rel <= fast_bound and cos >= 0.999 if fast else rel <= 1e-5 and cos >= 0.99999
+            if not ok:
+                failures.append(f"{name} {level}: rel {rel:.2e} (bound {fast_bound if fast else 1e-5:.2e}) cos {cos:.7f}")
+            if fast and not same:
+                failures.append(f"{name} {level}: fast mode differs from the ARM scalar kernels")
+    return failures
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--x86-reference":  # a child of main(): one ONNXQ_ISA
+        with open(sys.argv[2]) as fh:
+            cfg = json.load(fh)
+        np.savez(sys.argv[3], **reference(cfg["models"], cfg["inputs"]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rootfs", default="/work/arm-rootfs")
     ap.add_argument("--types", default="q4_0,q5_1,q8_0,q4_K,q5_K,q6_K")
@@ -193,7 +234,6 @@ def main() -> int:
     mask[1, 18:] = 0
     inputs = os.path.join(work, "inputs.npz")
     np.savez(inputs, input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
-    ref = reference(models, inputs)
 
     runner = os.path.join(work, "arm_runner.py")
     with open(runner, "w") as fh:
@@ -201,6 +241,16 @@ def main() -> int:
     spec = os.path.join(work, "spec.json")
     with open(spec, "w") as fh:
         json.dump({"inputs": inputs, "models": models}, fh)
+    # x86 with its best kernels, and with the scalar ones: ONNXQ_ISA is read once per process
+    x86 = {}
+    for level in ("best", "scalar"):
+        out = os.path.join(work, f"x86-{level}.npz")
+        env = dict(os.environ)
+        env.pop("ONNXQ_ISA", None)
+        if level == "scalar":
+            env["ONNXQ_ISA"] = "scalar"
+        run([sys.executable, os.path.abspath(__file__), "--x86-reference", spec, out], env=env)
+        x86[level] = dict(np.load(out))
     results = {}
     for level in LEVELS:
         out = os.path.join(work, f"arm-{level}.npz")
@@ -211,23 +261,10 @@ def main() -> int:
         print(f"ONNXQ_ISA={level}: library reports {results[level]['__isa__']}, onnxruntime "
               f"{results[level]['__ort__']} (aarch64 wheel), {time.time() - t:.0f} s under qemu")
 
-    failures = []
-    print(f"\n{'model':<14} {'level':<8} {'max|arm-x86|/max|x86|':>22} {'cosine':>10}  same bits as ARM scalar")
-    for level, res in results.items():
-        if str(res["__isa__"]) != level:
-            failures.append(f"ONNXQ_ISA={level} ran {res['__isa__']}")
-        for name, y in ref.items():
-            a = res[name].astype(np.float64)
-            rel = float(np.max(np.abs(a - y)) / np.max(np.abs(y)))
-            cos = float(np.sum(a * y) / np.sqrt(np.sum(a * a) * np.sum(y.astype(np.float64) ** 2)))
-            same = bool(np.array_equal(res[name], results["scalar"][name]))
-            print(f"{name:<14} {level:<8} {rel:>22.2e} {cos:>10.7f}  {same}")
-            if not (rel <= 2e-3 and cos >= 0.99999):
-                failures.append(f"{name} {level}: rel {rel:.2e} cos {cos:.7f}")
-            if name.endswith("-fast") and not same:
-                failures.append(f"{name} {level}: fast mode differs from the ARM scalar kernels")
+    failures = verdict(x86, results)
     print("\n" + ("FAILED:\n  " + "\n  ".join(failures) if failures else
-                  f"all {len(results)} ARM levels x {len(ref)} models match x86 (fast mode bit-identical across ARM levels)"))
+                  f"all {len(results)} ARM levels x {len(x86['best'])} models match x86 "
+                  "(fast mode bit-identical across ARM levels)"))
     return 1 if failures else 0
 
 
