@@ -179,6 +179,7 @@ def verdict(x86: dict, results: dict) -> list[str]:
     (up to ~2e-2 of the largest output); ARM against x86 may go as far (x3 the largest
     such spread). Exact mode has no such steps: float rounding only (1e-5).
     """
+    ref = x86["best"]
     failures = []
     spread = {name: rel_err(x86["best"][name], x86["scalar"][name]) for name in ref}
     fast_bound = 3 * max(v for k, v in spread.items() if k.endswith("-fast"))
