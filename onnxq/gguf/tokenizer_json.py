@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelError
-from ..zoo.graph_builder import atomic_path
+from ..modelio import atomic_write
 from ..zoo.gguf_reader import GGUFCheckpoint
 from ..zoo.tokenizer import gguf_tokenizer
 
@@ -39,7 +39,4 @@ def tokenizer_json(ckpt: GGUFCheckpoint, family: str) -> str:
 
 def write_tokenizer(text: str, path: os.PathLike) -> Path:
     """Write tokenizer JSON ``text`` (from :func:`tokenizer_json`) to ``path`` atomically."""
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-    return out
+    return Path(atomic_write(path, lambda fh: fh.write(text.encode("utf-8"))))
