@@ -17,15 +17,15 @@ from zoo_tiny_gguf import byte_level_tokens, hf_to_gguf_rows
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 ALL_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
-# bytes per 256-element block of two types the op library lacks, and where their fp16 scales sit
-_UNSUPPORTED = {"Q2_K": (84, (80, 82)), "IQ4_XS": (136, (0,))}
+# types the op library lacks: (elements, bytes) per block and where their fp16 scales sit
+_UNSUPPORTED = {"Q2_K": (256, 84, (80, 82)), "IQ4_XS": (256, 136, (0,)), "IQ4_NL": (32, 18, (0,))}
 
 TypeFor = Callable[[str, int], str]  # (tensor name, layer or -1) -> "F32", "F16", "BF16", "Q4_K", ...
 
 
 def _raw_unsupported(type_name: str, rows: int, K: int, rng: np.random.Generator) -> np.ndarray:
-    size, scale_offsets = _UNSUPPORTED[type_name]
-    blocks = rng.integers(0, 256, size=(rows, K // 256, size), dtype=np.uint8)
+    elems, size, scale_offsets = _UNSUPPORTED[type_name]
+    blocks = rng.integers(0, 256, size=(rows, K // elems, size), dtype=np.uint8)
     for off in scale_offsets:  # fp16 0.01: finite, so dequantization gives finite weights
         blocks[..., off:off + 2] = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
     return blocks.reshape(rows, -1)

@@ -165,25 +165,30 @@ def test_unsupported_type_is_refused_naming_the_tensor(tmp_path, bad_type):
 
 
 def test_requantize_converts_records_and_runs(tmp_path):
-    src = write_decoder(tmp_path / "t.gguf", lambda n, i: "Q2_K" if n == "ffn_gate" else "Q8_0", ffn=544)
+    types = {"ffn_gate": "Q2_K", "ffn_down": "IQ4_NL"}  # ffn_down rows: 544, not a multiple of 256
+    src = write_decoder(tmp_path / "t.gguf", lambda n, i: types.get(n, "Q8_0"), ffn=544)
     report = import_gguf(src, tmp_path / "m.onnx", kv_cache=False, requantize="q4_k", progress=False)
     conv = {r.name: r for r in report.requantized}
-    assert set(conv) == {"blk.0.ffn_gate.weight", "blk.1.ffn_gate.weight"}
-    assert all(r.gguf_type == "Q2_K" and r.stored_as == "Q4_K" for r in conv.values())
+    assert set(conv) == {f"blk.{i}.{n}.weight" for i in range(2) for n in types}
+    assert all(r.gguf_type == types[r.name.split(".")[2]] and r.stored_as == "Q4_K" for r in conv.values())
+    assert {r.tail_type for r in conv.values()} == {None, "Q5_0"}  # onnxq's tail blocks for the 544-wide rows
     meta = json.loads(read_metadata(report.output)["onnxq.gguf.requantized"])
-    assert meta == {name: "Q2_K -> Q4_K" for name in conv}
+    assert meta["blk.0.ffn_gate.weight"] == "Q2_K -> Q4_K"
+    assert meta["blk.1.ffn_down.weight"] == "IQ4_NL -> Q4_K (tail Q5_0)"
     assert "requantized: blk.0.ffn_gate.weight Q2_K -> Q4_K" in report.table()
-    # the blocks are onnxq's Q4_K of the dequantized Q2_K rows
+    # the blocks are onnxq's Q4_K of the dequantized rows, and the model computes with exactly them
     reader = {t.name: t for t in gguf.GGUFReader(str(src)).tensors}
-    rows = gguf.quants.dequantize(reader["blk.0.ffn_gate.weight"].data, gguf.GGMLQuantizationType.Q2_K)
-    want = np.asarray(onnxq.GGMLQuantizer("Q4_K", tail_type=None).quantize(rows).data)
     inits = {t.name: t for t in onnx.load(report.output).graph.initializer}
-    got = onnx.numpy_helper.to_array(inits[conv["blk.0.ffn_gate.weight"].onnx_name])
-    np.testing.assert_array_equal(got, want)
+    ref = SmolLM2Reference(src)
+    for name, rec in conv.items():
+        t = reader[name]
+        q = onnxq.GGMLQuantizer("Q4_K", tail_type=rec.tail_type).quantize(gguf.quants.dequantize(t.data, t.tensor_type))
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(inits[rec.onnx_name]), np.asarray(q.data))
+        ref.w[name] = np.asarray(q.dequantize(), dtype=np.float64)
     ids = _ids(7)
     logits = _session(report.output).run(["logits"], {"input_ids": np.array([ids], dtype=np.int64)})[0][0]
-    ref = SmolLM2Reference(src).logits(ids)
-    assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) < 0.05  # Q4_K of Q2_K weights: close
+    want = ref.logits(ids)
+    assert np.abs(logits - want).max() <= 1e-4 * np.abs(want).max()
 
 
 def test_unsupported_architecture_is_refused(tmp_path):

@@ -64,7 +64,8 @@ def check_tensor_names(names: Iterable[str], arch: Architecture, n_layers: int, 
                          + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
     extra = sorted(names - required - optional)
     if extra:
-        raise ModelError(f"{path}: tensor(s) {', '.join(extra[:8])}" + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+        more = f" and {len(extra) - 8} more" if len(extra) > 8 else ""
+        raise ModelError(f"{path}: tensor(s) {', '.join(extra[:8])}{more}"
                          + f" are not part of the {arch.name} graph onnxq builds (a variant of the architecture "
                          "it does not support)")
 

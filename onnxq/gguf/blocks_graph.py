@@ -66,17 +66,16 @@ class BlocksGraph(LlamaGraph):
         if info.shape != shape:
             raise ModelError(f"{self.tensors.path}: tensor {gguf_name!r} has shape {list(info.shape)}, "
                              f"expected {list(shape)}")
+        requantized = False
         if info.is_float:
             w = _Weight(None, None, self.tensors.floats(gguf_name))
         elif info.qtype is not None:
             w = _Weight(info.qtype.name, None, self.tensors.raw(gguf_name))
         else:
-            w = self._requantized(gguf_name, info.type_name)
-        stored = w.qtype or "float32"
+            w, requantized = self._requantized(gguf_name, info.type_name), True
         name = onnx_name if w.qtype is None else f"{onnx_name}.{w.qtype.lower()}"
-        self.records.append(TensorRecord(gguf_name, name, info.type_name, stored, info.shape,
-                                         int(w.data.nbytes), requantized=stored not in ("float32", info.type_name),
-                                         tail_type=w.tail))
+        self.records.append(TensorRecord(gguf_name, name, info.type_name, w.qtype or "float32", info.shape,
+                                         int(w.data.nbytes), requantized=requantized, tail_type=w.tail))
         return w
 
     def _requantized(self, gguf_name: str, type_name: str) -> _Weight:

@@ -236,7 +236,8 @@ class GGUFTensors:
         info = self.info(name)
         if not info.is_float:
             raise ModelError(f"{self.path}: tensor {name!r} is {info.type_name}, not a float type")
-        data = np.frombuffer(self._map, dtype=FLOAT_TYPES[info.type_id], count=info.nbytes // FLOAT_TYPES[info.type_id].itemsize,
+        dtype = FLOAT_TYPES[info.type_id]
+        data = np.frombuffer(self._map, dtype=dtype, count=info.nbytes // dtype.itemsize,
                              offset=info.offset).reshape(info.shape)
         if info.type_id == 30:  # bfloat16: the high half of a float32
             return (data.astype(np.uint32) << 16).view(np.float32)
