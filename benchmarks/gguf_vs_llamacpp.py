@@ -51,21 +51,19 @@ def _session(path: str, threads: int):
     return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_perplexity(path: str, windows: List[List[int]], threads: int, ref: List[np.ndarray] = None):
-    """(scores, per-window log-probs) of a full-sequence model over ``windows``."""
-    sess = _session(path, threads)
-    scores, lps = Scores(), []
-    for i, window in enumerate(windows):
-        logits = sess.run(["logits"], {"input_ids": np.array([window], dtype=np.int64)})[0][0]
-        lps.append(scores.add(logits, window, None if ref is None else ref[i]))
-    return scores.result(), lps
-
-
-def llama_perplexity(path: str, windows: List[List[int]], ctx: int, threads: int, ref: List[np.ndarray]):
-    scores = Scores()
-    for i, (window, logits) in enumerate(zip(windows, llama_logits(path, windows, ctx, threads))):
-        scores.add(logits, window, ref[i])
-    return scores.result()
+def quality(models: Dict[str, str], gguf_path: str, windows: List[List[int]], ctx: int, threads: int) -> Dict:
+    """Perplexity of the dequantized float32 model, the imported exact / fast models and llama.cpp,
+    window by window (KL and top-1 against the float32 model's log-probs of the same window, so
+    no more than one window's log-probs are held)."""
+    sessions = {label: _session(models[label], threads) for label in ("float", "exact", "fast")}
+    scores = {label: Scores() for label in ("float", "exact", "fast", "llama.cpp")}
+    for window, llama in zip(windows, llama_logits(gguf_path, windows, ctx, threads)):
+        ids = {"input_ids": np.array([window], dtype=np.int64)}
+        ref = scores["float"].add(sessions["float"].run(["logits"], ids)[0][0], window, None)
+        for label in ("exact", "fast"):
+            scores[label].add(sessions[label].run(["logits"], ids)[0][0], window, ref)
+        scores["llama.cpp"].add(llama, window, ref)
+    return {label: s.result() for label, s in scores.items()}
 
 
 # ----------------------------------------------------------------------------- speed
@@ -149,7 +147,7 @@ def _make_files(args, work: str) -> Dict[str, str]:
                 if not os.path.exists(out):
                     llama_quantize(f32, out, FTYPES[name], pure=False, threads=args.threads)
                 files[name] = out
-    return {k: v for k, v in files.items() if k in wanted}
+    return {k: files[k] for k in wanted if k in files}
 
 
 def _import_all(path: str, work: str, name: str) -> Dict[str, str]:
@@ -170,10 +168,10 @@ def _import_all(path: str, work: str, name: str) -> Dict[str, str]:
 
 def run_file(args, name: str, path: str, windows: List[List[int]], work: str) -> Dict:
     models = _import_all(path, work, name)
-    flt, flt_lps = onnx_perplexity(models["float"], windows, args.threads)
-    exact, _ = onnx_perplexity(models["exact"], windows, args.threads, flt_lps)
-    fast, _ = onnx_perplexity(models["fast"], windows, args.threads, flt_lps)
-    llama = llama_perplexity(path, windows, args.ctx, args.threads, flt_lps)
+    q = quality(models, path, windows, args.ctx, args.threads)
+    flt, exact, fast, llama = q["float"], q["exact"], q["fast"], q["llama.cpp"]
+    print(f"{name}: perplexity float32 {flt['perplexity']:.4f}, exact {exact['perplexity']:.4f}, "
+          f"fast {fast['perplexity']:.4f}, llama.cpp {llama['perplexity']:.4f}", flush=True)
     runners = {
         "onnxq exact": OnnxRunner(models["exact"], models["exact_kv"], args.threads),
         "onnxq fast": OnnxRunner(models["fast"], models["fast_kv"], args.threads),
@@ -239,11 +237,11 @@ def main() -> int:
     for name, path in files.items():
         print(f"{name}: {path}", flush=True)
         rows[name] = run_file(args, name, path, windows, work)
-    _print(rows, sum(len(w) - 1 for w in windows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"corpus": corpus.name, "corpus_sha256": corpus.sha256, "ctx": args.ctx,
-                       "threads": args.threads, "rows": rows}, f, indent=2)
+        _print(rows, sum(len(w) - 1 for w in windows))  # after each file: partial results survive a crash
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"corpus": corpus.name, "corpus_sha256": corpus.sha256, "ctx": args.ctx,
+                           "threads": args.threads, "rows": rows}, f, indent=2)
     return 0 if all(r["exact_ok"] and r["fast_ok"] for r in rows.values()) else 1
 
 
