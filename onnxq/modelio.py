@@ -337,6 +337,13 @@ class ModelWriter:
         self._onnx_tmp.write(data)
         self._written = True
 
+    def write_parts(self, parts: Iterable[bytes]) -> None:
+        """Write a model serialized in pieces (e.g. one initializer at a time, whose protos came
+        from this writer), so the whole serialization is never in memory at once."""
+        for part in parts:
+            self._onnx_tmp.write(part)
+        self._written = True
+
     def _cleanup(self) -> None:
         for handle in (self._onnx_tmp, self._data_tmp):
             if handle is None:

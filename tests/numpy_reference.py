@@ -3,10 +3,12 @@
 Nothing here uses onnxq.zoo: the checkpoints are read with the ``gguf`` and ``safetensors``
 packages directly, and the computations follow the papers / HF modelling code:
 
-- SmolLM2 (LLaMA): RMSNorm, rotary embeddings applied in the GGUF's own layout (adjacent pairs
-  (2i, 2i+1) rotate together, as ggml's "normal" rope does) so that the builder's un-permutation
-  of the q/k rows plus HF's rotate_half is checked against a different formulation; grouped-query
-  causal attention with an explicit per-head loop; SwiGLU; tied LM head.
+- SmolLM2 (LLaMA; also Qwen2, from the GGUF's general.architecture): RMSNorm, rotary embeddings
+  applied in the GGUF's own layout (adjacent pairs (2i, 2i+1) rotate together, as ggml's "normal"
+  rope does; halves for qwen2, whose rows llama.cpp does not permute) so that the builder's
+  un-permutation of the q/k rows plus HF's rotate_half is checked against a different
+  formulation; q/k/v biases where the file has them; grouped-query causal attention with an
+  explicit per-head loop; SwiGLU; tied or untied LM head.
 - all-MiniLM-L6-v2 (BERT): embeddings + LayerNorm, per-head softmax attention, erf GELU. Each
   sequence is run on its own without padding, so the ONNX model's padding mask is checked too.
 """
@@ -48,12 +50,15 @@ class SmolLM2Reference:
         from gguf.quants import dequantize
 
         reader = GGUFReader(str(gguf_path))
-        self.n_layers = _gguf_value(reader, "llama.block_count")
-        self.dim = _gguf_value(reader, "llama.embedding_length")
-        self.n_heads = _gguf_value(reader, "llama.attention.head_count")
-        self.n_kv = _gguf_value(reader, "llama.attention.head_count_kv")
-        self.theta = float(_gguf_value(reader, "llama.rope.freq_base"))
-        self.eps = float(_gguf_value(reader, "llama.attention.layer_norm_rms_epsilon"))
+        arch = _gguf_value(reader, "general.architecture")
+        self.n_layers = _gguf_value(reader, f"{arch}.block_count")
+        self.dim = _gguf_value(reader, f"{arch}.embedding_length")
+        self.n_heads = _gguf_value(reader, f"{arch}.attention.head_count")
+        self.n_kv = _gguf_value(reader, f"{arch}.attention.head_count_kv")
+        self.theta = float(_gguf_value(reader, f"{arch}.rope.freq_base"))
+        self.eps = float(_gguf_value(reader, f"{arch}.attention.layer_norm_rms_epsilon"))
+        # llama.cpp stores llama's q/k rows for adjacent-pair rope; qwen2 rotates halves ("neox")
+        self.neox = arch == "qwen2"
         self.head_dim = self.dim // self.n_heads
         self.w = {}
         for t in reader.tensors:
@@ -74,6 +79,18 @@ class SmolLM2Reference:
         out[..., 1::2] = even * s + odd * c
         return out
 
+    def _rope_halves(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """x [seq, heads, d]: rotate (x[i], x[i + d/2]) by position * theta^(-2i/d)."""
+        d = self.head_dim
+        angles = positions[:, None] * self.theta ** (-np.arange(0, d, 2) / d)
+        c, s = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+        first, second = x[..., : d // 2], x[..., d // 2:]
+        return np.concatenate([first * c - second * s, first * s + second * c], axis=-1)
+
+    def _linear(self, h: np.ndarray, name: str) -> np.ndarray:
+        y = h @ self.w[name + ".weight"].T
+        return y + self.w[name + ".bias"] if name + ".bias" in self.w else y
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [seq, vocab] (float64) of one unpadded sequence."""
         w = self.w
@@ -86,10 +103,11 @@ class SmolLM2Reference:
         for i in range(self.n_layers):
             p = f"blk.{i}."
             h = self._rms(x, w[p + "attn_norm.weight"])
-            q = (h @ w[p + "attn_q.weight"].T).reshape(seq, self.n_heads, self.head_dim)
-            k = (h @ w[p + "attn_k.weight"].T).reshape(seq, self.n_kv, self.head_dim)
-            v = (h @ w[p + "attn_v.weight"].T).reshape(seq, self.n_kv, self.head_dim)
-            q, k = self._rope_pairs(q, positions), self._rope_pairs(k, positions)
+            q = self._linear(h, p + "attn_q").reshape(seq, self.n_heads, self.head_dim)
+            k = self._linear(h, p + "attn_k").reshape(seq, self.n_kv, self.head_dim)
+            v = self._linear(h, p + "attn_v").reshape(seq, self.n_kv, self.head_dim)
+            rope = self._rope_halves if self.neox else self._rope_pairs
+            q, k = rope(q, positions), rope(k, positions)
             heads = []
             for hh in range(self.n_heads):
                 kv = hh // group
@@ -97,11 +115,11 @@ class SmolLM2Reference:
                 scores[causal] = -np.inf
                 scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
                 heads.append((scores / scores.sum(axis=-1, keepdims=True)) @ v[:, kv])
-            x = x + np.concatenate(heads, axis=-1) @ w[p + "attn_output.weight"].T
+            x = x + self._linear(np.concatenate(heads, axis=-1), p + "attn_output")
             h = self._rms(x, w[p + "ffn_norm.weight"])
-            gate = h @ w[p + "ffn_gate.weight"].T
-            up = h @ w[p + "ffn_up.weight"].T
-            x = x + (gate / (1.0 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
+            gate = self._linear(h, p + "ffn_gate")
+            up = self._linear(h, p + "ffn_up")
+            x = x + self._linear(gate / (1.0 + np.exp(-gate)) * up, p + "ffn_down")
         x = self._rms(x, w["output_norm.weight"])
         head = w.get("output.weight", emb)
         return x @ head.T

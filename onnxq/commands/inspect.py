@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from . import print_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -15,9 +15,5 @@ def run(args: argparse.Namespace) -> int:
     from ..inspect_model import inspect_model
 
     report = inspect_model(args.model)
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(report.table())
+    print_report(report, args.json)
     return 0

@@ -11,6 +11,9 @@ from .models import FAMILY_KEY, TimedModel
 
 PathLike = Union[str, os.PathLike]
 
+#: metadata naming a tokenizer.json beside the model, relative to its folder (set by onnxq import-gguf)
+TOKENIZER_KEY = "onnxq.model.tokenizer"
+
 
 def _tokenizers_module() -> Any:
     try:
@@ -39,8 +42,9 @@ def resolve_tokenizer(tokenizer: Any, reference: TimedModel) -> tuple[Any, str]:
     """(``tokenizers.Tokenizer``, where it came from) for ``reference``.
 
     ``tokenizer`` is a ``tokenizers.Tokenizer`` (or a wrapper with one as ``.backend``), a
-    path to a tokenizer.json, or None: then onnxq.zoo's tokenizer for the model family
-    recorded in the reference's metadata.
+    path to a tokenizer.json, or None: then the tokenizer file the reference's metadata names
+    (``onnxq.model.tokenizer``, beside the model), else onnxq.zoo's tokenizer for the model
+    family recorded in the reference's metadata.
     """
     tokenizers = _tokenizers_module()
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
@@ -55,6 +59,13 @@ def resolve_tokenizer(tokenizer: Any, reference: TimedModel) -> tuple[Any, str]:
             raise OnnxqError(
                 f"tokenizer {os.fspath(tokenizer)}: not a tokenizers JSON file ({str(exc).splitlines()[0]})"
             ) from None
+    beside = reference.metadata.get(TOKENIZER_KEY)
+    if beside:  # written next to the model (onnxq import-gguf)
+        path = Path(reference.path).parent / beside
+        if not path.is_file():
+            raise ModelError(f"{reference.path}: its tokenizer {path} ({TOKENIZER_KEY} metadata) is missing; "
+                             "pass --tokenizer PATH/TO/tokenizer.json")
+        return resolve_tokenizer(path, reference)[0], os.fspath(path)
     family = reference.family
     hint = "pass --tokenizer PATH/TO/tokenizer.json (Python: evaluate(..., tokenizer=...))"
     if not family:

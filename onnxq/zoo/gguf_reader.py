@@ -1,4 +1,4 @@
-"""Read a LLaMA-architecture GGUF file: hyper-parameters from its metadata, tensors as float32.
+"""Read a LLaMA-family GGUF file: hyper-parameters from its metadata, tensors as float32.
 
 Tensors come back in numpy row-major order with ggml's ``ne`` reversed, i.e. a linear weight
 is [out_features, in_features] like a PyTorch ``nn.Linear.weight``.
@@ -136,7 +136,7 @@ def _decode_field(field, path: Path) -> Any:
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    """Hyper-parameters of a LLaMA decoder, as read from ``llama.*`` GGUF metadata."""
+    """Hyper-parameters of a LLaMA-family decoder, as read from ``<architecture>.*`` GGUF metadata."""
 
     n_layers: int
     hidden_size: int
@@ -149,6 +149,11 @@ class LlamaConfig:
     context_length: int
     vocab_size: int
     tied_embeddings: bool
+    architecture: str = "llama"
+    #: linear rope scaling: positions are divided by this factor
+    rope_scale: float = 1.0
+    #: llama.cpp's converter permuted the q/k rows for ggml's "normal" (adjacent-pair) rope
+    qk_rows_permuted: bool = True
 
     @property
     def n_rep(self) -> int:
@@ -157,24 +162,45 @@ class LlamaConfig:
 
 
 def read_llama_config(ckpt: GGUFCheckpoint) -> LlamaConfig:
-    """Validate the architecture and read every hyper-parameter from the GGUF metadata."""
+    """Validate that the architecture is ``llama`` and read every hyper-parameter."""
     arch = ckpt.require("general.architecture", str)
     if arch != "llama":
         raise ModelError(f"{ckpt.path}: general.architecture is {arch!r}; only 'llama' is supported")
-    n_layers = ckpt.require("llama.block_count", int)
-    hidden = ckpt.require("llama.embedding_length", int)
-    ffn = ckpt.require("llama.feed_forward_length", int)
-    n_heads = ckpt.require("llama.attention.head_count", int)
-    n_kv = ckpt.require("llama.attention.head_count_kv", int) if ckpt.has("llama.attention.head_count_kv") else n_heads
-    rope_theta = ckpt.require("llama.rope.freq_base", float) if ckpt.has("llama.rope.freq_base") else 10000.0
-    eps = ckpt.require("llama.attention.layer_norm_rms_epsilon", float)
-    ctx = ckpt.require("llama.context_length", int)
+    return read_decoder_config(ckpt, "llama", qk_rows_permuted=True)
+
+
+def _rope_scale(ckpt: GGUFCheckpoint, arch: str) -> float:
+    """The linear rope-scaling factor (1.0 without scaling); other scaling types are refused."""
+    scaling = ckpt.get(f"{arch}.rope.scaling.type", "none")
+    if scaling in ("none", None):
+        return 1.0
+    if scaling != "linear":
+        raise ModelError(f"{ckpt.path}: rope scaling {scaling!r} is not supported (supported: none, linear)")
+    factor = ckpt.require(f"{arch}.rope.scaling.factor", float)
+    if not factor > 0:
+        raise ModelError(f"{ckpt.path}: {arch}.rope.scaling.factor is {factor}, expected a positive number")
+    return float(factor)
+
+
+def read_decoder_config(ckpt: GGUFCheckpoint, arch: str, *, qk_rows_permuted: bool) -> LlamaConfig:
+    """Every hyper-parameter of a LLaMA-family decoder from the ``<arch>.*`` metadata keys.
+
+    ``qk_rows_permuted``: whether llama.cpp's converter permutes this architecture's q/k rows
+    (true for ``llama``, false for the "neox"-rope architectures such as ``qwen2``)."""
+    n_layers = ckpt.require(f"{arch}.block_count", int)
+    hidden = ckpt.require(f"{arch}.embedding_length", int)
+    ffn = ckpt.require(f"{arch}.feed_forward_length", int)
+    n_heads = ckpt.require(f"{arch}.attention.head_count", int)
+    n_kv = ckpt.require(f"{arch}.attention.head_count_kv", int) if ckpt.has(f"{arch}.attention.head_count_kv") else n_heads
+    rope_theta = ckpt.require(f"{arch}.rope.freq_base", float) if ckpt.has(f"{arch}.rope.freq_base") else 10000.0
+    eps = ckpt.require(f"{arch}.attention.layer_norm_rms_epsilon", float)
+    ctx = ckpt.require(f"{arch}.context_length", int)
     tokens = ckpt.get("tokenizer.ggml.tokens")
-    vocab = ckpt.require("llama.vocab_size", int) if ckpt.has("llama.vocab_size") else len(tokens or [])
+    vocab = ckpt.require(f"{arch}.vocab_size", int) if ckpt.has(f"{arch}.vocab_size") else len(tokens or [])
     for name, value in (("block_count", n_layers), ("embedding_length", hidden), ("feed_forward_length", ffn),
                         ("attention.head_count", n_heads), ("attention.head_count_kv", n_kv), ("vocab_size", vocab)):
         if value <= 0:
-            raise ModelError(f"{ckpt.path}: llama.{name} is {value}, expected a positive integer")
+            raise ModelError(f"{ckpt.path}: {arch}.{name} is {value}, expected a positive integer")
     if hidden % n_heads:
         raise ModelError(f"{ckpt.path}: embedding_length {hidden} is not a multiple of head_count {n_heads}")
     if n_heads % n_kv:
@@ -182,18 +208,21 @@ def read_llama_config(ckpt: GGUFCheckpoint) -> LlamaConfig:
     head_dim = hidden // n_heads
     if head_dim % 2:
         raise ModelError(f"{ckpt.path}: head dimension {head_dim} is odd; rotary embeddings need it even")
-    rope_dim = ckpt.get("llama.rope.dimension_count", head_dim)
+    for key in (f"{arch}.attention.key_length", f"{arch}.attention.value_length"):
+        if ckpt.get(key, head_dim) != head_dim:
+            raise ModelError(f"{ckpt.path}: {key} {ckpt.get(key)} != embedding_length / head_count = {head_dim} "
+                             "is not supported")
+    rope_dim = ckpt.get(f"{arch}.rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         raise ModelError(f"{ckpt.path}: partial rotary (rope.dimension_count {rope_dim} != head dim {head_dim}) is not supported")
-    scaling = ckpt.get("llama.rope.scaling.type", "none")
-    if scaling not in ("none", None):
-        raise ModelError(f"{ckpt.path}: rope scaling {scaling!r} is not supported")
+    rope_scale = _rope_scale(ckpt, arch)
     if tokens is not None and len(tokens) != vocab:
-        raise ModelError(f"{ckpt.path}: {len(tokens)} tokenizer tokens but llama.vocab_size is {vocab}")
+        raise ModelError(f"{ckpt.path}: {len(tokens)} tokenizer tokens but {arch}.vocab_size is {vocab}")
     return LlamaConfig(
         n_layers=n_layers, hidden_size=hidden, intermediate_size=ffn, n_heads=n_heads, n_kv_heads=n_kv,
         head_dim=head_dim, rope_theta=float(rope_theta), rms_norm_eps=float(eps), context_length=ctx,
-        vocab_size=vocab, tied_embeddings=not ckpt.has_tensor("output.weight"),
+        vocab_size=vocab, tied_embeddings=not ckpt.has_tensor("output.weight"), architecture=arch,
+        rope_scale=rope_scale, qk_rows_permuted=qk_rows_permuted,
     )
 
 

@@ -30,6 +30,7 @@ Dim = Union[int, str]
 
 _ELEM_TYPES = {
     np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.uint8): TensorProto.UINT8,
     np.dtype(np.int64): TensorProto.INT64,
     np.dtype(np.bool_): TensorProto.BOOL,
 }
@@ -39,13 +40,19 @@ def _elem_type(dtype) -> int:
     try:
         return _ELEM_TYPES[np.dtype(dtype)]
     except KeyError:
-        raise ModelError(f"unsupported tensor dtype {np.dtype(dtype)} (use float32, int64 or bool)") from None
+        raise ModelError(f"unsupported tensor dtype {np.dtype(dtype)} (use float32, uint8, int64 or bool)") from None
 
 
 class GraphBuilder:
-    """Accumulates nodes, initializers and graph inputs/outputs in creation order."""
+    """Accumulates nodes, initializers and graph inputs/outputs in creation order.
 
-    def __init__(self, graph_name: str) -> None:
+    With a ``writer`` (an :class:`onnxq.modelio.ModelWriter`), each initializer goes through
+    it as it is added (large ones straight to its external data file) and :meth:`save` writes
+    through it, so only the graph and the small tensors stay in memory.
+    """
+
+    def __init__(self, graph_name: str, writer=None) -> None:
+        self._writer = writer
         self._model = onnx.ModelProto()
         self._graph = self._model.graph
         self._graph.name = graph_name
@@ -75,6 +82,13 @@ class GraphBuilder:
         self._add_initializer(name, array)
         return name
 
+    def blocks(self, name: str, array: np.ndarray) -> str:
+        """Add a uint8 initializer (packed GGML blocks) as is."""
+        if array.dtype != np.uint8:
+            raise ModelError(f"blocks {name!r}: expected uint8, got {array.dtype}")
+        self._add_initializer(name, array)
+        return name
+
     def const(self, value: Union[float, int, Sequence], dtype=np.int64) -> str:
         """A small constant initializer, shared by every node that uses the same value."""
         arr = np.array(value, dtype=dtype)
@@ -100,17 +114,25 @@ class GraphBuilder:
 
         Outputs are named ``<node name>_output_<i>`` unless ``outputs`` gives names (graph outputs).
         """
-        base = f"{scope}/{op_type}"
-        k = self._node_counts.get(base, 0)
-        self._node_counts[base] = k + 1
-        name = base if k == 0 else f"{base}_{k}"
+        name = self.node_name(scope, op_type)
         if outputs is None:
             outputs = [f"{name}_output_{i}" for i in range(n_outputs)]
         outputs = list(outputs)
-        for out in outputs:
-            self._claim(out)
-        self._graph.node.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attrs))
+        self.add_node(helper.make_node(op_type, list(inputs), outputs, name=name, **attrs))
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def node_name(self, scope: str, op_type: str) -> str:
+        """The next node name ``<scope>/<op_type>[_k]`` (outputs: ``<name>_output_<i>``)."""
+        base = f"{scope}/{op_type}"
+        k = self._node_counts.get(base, 0)
+        self._node_counts[base] = k + 1
+        return base if k == 0 else f"{base}_{k}"
+
+    def add_node(self, node: onnx.NodeProto) -> None:
+        """Append a node built elsewhere (e.g. onnxq's custom ops); its outputs must be new names."""
+        for out in node.output:
+            self._claim(out)
+        self._graph.node.append(node)
 
     def _claim(self, name: str) -> None:
         if name in self._names:
@@ -119,6 +141,9 @@ class GraphBuilder:
 
     def _add_initializer(self, name: str, arr: np.ndarray) -> None:
         self._claim(name)
+        if self._writer is not None:
+            self._initializers.append(self._writer.tensor_proto(name, arr))
+            return
         t = TensorProto()
         t.name = name
         t.data_type = _elem_type(arr.dtype)
@@ -128,14 +153,17 @@ class GraphBuilder:
         self._initializers.append(t)
 
     # -- model -----------------------------------------------------------------------
-    def save(self, output_path: os.PathLike, metadata: Mapping[str, str], doc: str = "") -> Path:
-        """Write the model (opset 17, IR 8, ``metadata`` in metadata_props) atomically and check it.
+    def save(self, output_path: os.PathLike, metadata: Mapping[str, str], doc: str = "", *,
+             producer: str = "onnxq.zoo", opsets: Sequence[onnx.OperatorSetIdProto] = ()) -> Path:
+        """Write the model (opset 17 plus ``opsets``, IR 8, ``metadata`` in metadata_props) and check it.
 
         The protobuf is streamed: the graph without its initializers is serialized once, then
         each initializer is appended as its own ``GraphProto.initializer`` record, so only the
-        weights themselves plus one tensor's serialization are in memory. onnx.checker (with
-        shape inference) then reads the temp file; only a model that passes is moved into place.
-        The builder is emptied.
+        weights themselves plus one tensor's serialization are in memory. Without a writer the
+        file is written atomically and onnx.checker (with shape inference) reads the temp file;
+        only a model that passes is moved into place. With a writer, the graph is checked
+        before it is written (large initializers stand in as graph inputs of their type and
+        shape) and the writer's context puts the files in place. The builder is emptied.
         """
         out = Path(output_path)
         if out.is_dir():
@@ -144,12 +172,15 @@ class GraphBuilder:
             raise OutputPathError(f"cannot write {out}: directory {out.parent} does not exist")
         model, inits = self._model, self._initializers
         model.ir_version = IR_VERSION
-        model.producer_name = "onnxq.zoo"
+        model.producer_name = producer
         model.doc_string = doc
         model.opset_import.append(helper.make_opsetid("", OPSET))
+        model.opset_import.extend(opsets)
         for key in sorted(metadata):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, str(metadata[key])
+        if self._writer is not None:
+            _check(_skeleton(model, inits))
 
         graph_head = model.graph.SerializeToString()
         model.ClearField("graph")
@@ -158,25 +189,55 @@ class GraphBuilder:
         graph_len = len(graph_head) + sum(len(_INIT_KEY) + len(_varint(n)) + n for n in init_sizes)
         total = len(model_head) + len(_GRAPH_KEY) + len(_varint(graph_len)) + graph_len
         if total > _PROTOBUF_LIMIT:
-            raise ModelError(f"model would be {total} bytes, over protobuf's 2 GiB limit for one file")
+            raise ModelError(f"model would be {total} bytes, over protobuf's 2 GiB limit for one file"
+                             + ("" if self._writer is None else "; write the weights as external data"))
 
+        def parts() -> Iterator[bytes]:
+            yield model_head
+            yield _GRAPH_KEY + _varint(graph_len)
+            yield graph_head
+            for t, n in zip(inits, init_sizes):
+                yield _INIT_KEY + _varint(n)
+                yield t.SerializeToString()
+
+        if self._writer is not None:
+            self._writer.write_parts(parts())
+            self._model, self._initializers = None, []  # type: ignore[assignment]
+            return out
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as f:
-                f.write(model_head)
-                f.write(_GRAPH_KEY + _varint(graph_len))
-                f.write(graph_head)
-                for t, n in zip(inits, init_sizes):
-                    f.write(_INIT_KEY + _varint(n))
-                    f.write(t.SerializeToString())
+                for part in parts():
+                    f.write(part)
                 f.flush()
                 os.fsync(f.fileno())
             self._model, self._initializers = None, []  # type: ignore[assignment]
             del model, inits
-            try:
-                onnx.checker.check_model(tmp, full_check=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                raise ModelError(f"the built model fails onnx.checker: {exc}") from exc
+            _check(tmp)
         return out
+
+
+def _check(model: Union[str, onnx.ModelProto]) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ModelError(f"the built model fails onnx.checker: {exc}") from exc
+
+
+def _skeleton(model: onnx.ModelProto, inits: Sequence[TensorProto]) -> onnx.ModelProto:
+    """``model`` with its small inline initializers, and every other one as a graph input of the
+    same type and shape: what onnx.checker needs, without the weights or their external files."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in inits:
+        if t.data_location != TensorProto.EXTERNAL and t.ByteSize() <= _SKELETON_INLINE_BYTES:
+            skeleton.graph.initializer.append(t)
+        else:
+            skeleton.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return skeleton
+
+
+#: inline initializers up to this size (shape constants) stay in the skeleton checked by onnx.checker
+_SKELETON_INLINE_BYTES = 4096
 
 
 def _varint(n: int) -> bytes:

@@ -55,7 +55,7 @@ _SPECS: dict[str, ModelSpec] = {
 
 # the source files whose content defines each builder's output bytes
 _BUILDER_SOURCES = {
-    "smollm2": ("graph_builder.py", "gguf_reader.py", "smollm2.py"),
+    "smollm2": ("graph_builder.py", "gguf_reader.py", "llama.py", "smollm2.py"),
     "minilm": ("graph_builder.py", "minilm.py"),
 }
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ModelError
 
 try:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 except ImportError:  # pragma: no cover - only without the models extra
     Tokenizer = None
 
@@ -34,6 +34,12 @@ _PRE_SPLITS: dict[str, list[str]] = {
     "smollm": [r"\p{N}"],
     "starcoder": [r"\p{N}"],
     "refact": [r"\p{N}"],
+}
+# pre-tokenizers whose whole split is one llama.cpp regex (then ByteLevel does not split again)
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_PRE_REGEX: dict[str, str] = {
+    "llama-bpe": _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 }
 
 
@@ -159,19 +165,23 @@ def minilm_tokenizer(model_dir: os.PathLike, family: str = "all-minilm-l6-v2") -
     return ZooTokenizer(backend, family, kind="encoder", bos_id=cls, eos_id=sep, pad_id=pad, parse_special=True)
 
 
-# -- SmolLM2 (GGUF) ----------------------------------------------------------------------
-def gguf_bpe_tokenizer(ckpt, family: str) -> ZooTokenizer:
-    """Byte-level BPE matching llama.cpp's tokenization, from a GGUFCheckpoint's metadata."""
-    _require_tokenizers()
-    where = ckpt.path
+# -- GGUF tokenizers (SmolLM2, imported GGUFs) --------------------------------------------
+def gguf_tokenizer(ckpt, family: str) -> ZooTokenizer:
+    """The tokenizer of a GGUFCheckpoint as llama.cpp tokenizes: byte-level BPE (``gpt2``) or
+    SentencePiece BPE (``llama``), from the file's ``tokenizer.ggml.*`` metadata."""
     model_type = ckpt.require("tokenizer.ggml.model", str)
-    if model_type != "gpt2":
-        raise ModelError(f"{where}: tokenizer.ggml.model is {model_type!r}; only byte-level BPE ('gpt2') is supported")
-    pre = ckpt.get("tokenizer.ggml.pre", "default")
-    if pre not in _PRE_SPLITS:
-        raise ModelError(f"{where}: pre-tokenizer {pre!r} is not supported (known: {sorted(_PRE_SPLITS)})")
+    if model_type == "gpt2":
+        return gguf_bpe_tokenizer(ckpt, family)
+    if model_type == "llama":
+        return gguf_spm_tokenizer(ckpt, family)
+    raise ModelError(f"{ckpt.path}: tokenizer.ggml.model is {model_type!r}; supported: 'gpt2' (byte-level BPE), "
+                     "'llama' (SentencePiece)")
+
+
+def _vocab(ckpt) -> tuple[list, list, dict[str, int]]:
+    """(tokens, token types, token -> id), checked."""
+    where = ckpt.path
     tokens = ckpt.require("tokenizer.ggml.tokens", list)
-    merges = ckpt.require("tokenizer.ggml.merges", list)
     types = ckpt.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
     if len(types) != len(tokens):
         raise ModelError(f"{where}: {len(tokens)} tokens but {len(types)} token types")
@@ -180,6 +190,21 @@ def gguf_bpe_tokenizer(ckpt, family: str) -> ZooTokenizer:
         if tok in vocab:
             raise ModelError(f"{where}: token {tok!r} appears twice (ids {vocab[tok]} and {i})")
         vocab[tok] = i
+    return tokens, types, vocab
+
+
+def gguf_bpe_tokenizer(ckpt, family: str) -> ZooTokenizer:
+    """Byte-level BPE matching llama.cpp's tokenization, from a GGUFCheckpoint's metadata."""
+    _require_tokenizers()
+    where = ckpt.path
+    model_type = ckpt.require("tokenizer.ggml.model", str)
+    if model_type != "gpt2":
+        raise ModelError(f"{where}: tokenizer.ggml.model is {model_type!r}; only byte-level BPE ('gpt2') is supported")
+    pre = ckpt.get("tokenizer.ggml.pre", "default")
+    if pre not in _PRE_SPLITS and pre not in _PRE_REGEX:
+        raise ModelError(f"{where}: pre-tokenizer {pre!r} is not supported (known: {sorted({*_PRE_SPLITS, *_PRE_REGEX})})")
+    tokens, types, vocab = _vocab(ckpt)
+    merges = ckpt.require("tokenizer.ggml.merges", list)
     pairs = []
     for m in merges:
         parts = m.split(" ")
@@ -188,14 +213,58 @@ def gguf_bpe_tokenizer(ckpt, family: str) -> ZooTokenizer:
         pairs.append((parts[0], parts[1]))
 
     backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-    splits = [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in _PRE_SPLITS[pre]]
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
+    if pre in _PRE_REGEX:  # the whole split is llama.cpp's regex; ByteLevel only maps bytes
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_PRE_REGEX[pre]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        splits = [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in _PRE_SPLITS[pre]]
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        )
     backend.decoder = decoders.ByteLevel()
+    return _finish(ckpt, backend, family, tokens, types)
+
+
+def gguf_spm_tokenizer(ckpt, family: str) -> ZooTokenizer:
+    """SentencePiece BPE (``tokenizer.ggml.model = llama``: LLaMA 1/2, Mistral) as llama.cpp runs it.
+
+    llama.cpp merges the adjacent pair whose joined piece has the highest score, repeatedly, and
+    spells pieces that are not tokens as ``<0xXX>`` byte tokens. That is BPE with the merges
+    ranked by the joined piece's score, byte fallback, spaces written as U+2581 and (with
+    ``add_space_prefix``, the default) one in front of the text. Like every BPE model, it
+    joins only pairs of tokens, so a character that is not a token is never merged into a
+    longer piece (llama.cpp would); SentencePiece vocabularies hold their characters as pieces.
+    """
+    _require_tokenizers()
+    tokens, types, vocab = _vocab(ckpt)
+    scores = ckpt.require("tokenizer.ggml.scores", list)
+    if len(scores) != len(tokens):
+        raise ModelError(f"{ckpt.path}: {len(tokens)} tokens but {len(scores)} scores")
+    mergeable = {t: i for i, t in enumerate(tokens) if types[i] in (_NORMAL, _USER_DEFINED)}
+    ranked = []
+    for piece, i in mergeable.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                ranked.append((-scores[i], vocab[left], vocab[right], left, right))
+    ranked.sort()
+    unk = next((tokens[i] for i, t in enumerate(types) if t == _UNKNOWN), None)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[(r[3], r[4]) for r in ranked], unk_token=unk,
+                                   fuse_unk=True, byte_fallback=True))
+    steps = [normalizers.Prepend("\u2581")] if ckpt.get("tokenizer.ggml.add_space_prefix", True) else []
+    backend.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                        + ([decoders.Strip(" ", 1, 0)] if steps else []))
+    return _finish(ckpt, backend, family, tokens, types)
+
+
+def _finish(ckpt, backend: "Tokenizer", family: str, tokens: list, types: list) -> ZooTokenizer:
+    """Special tokens, BOS/EOS/padding ids and BOS prefixing, common to both tokenizer kinds."""
+    where = ckpt.path
     # control tokens match only when asked (parse_special); user-defined ones always, as in llama.cpp
     backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                for i, t in enumerate(types) if t == _CONTROL])
+                                for i, t in enumerate(types) if t in (_CONTROL, _UNKNOWN)])
     user = [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == _USER_DEFINED]
     if user:
         backend.add_tokens(user)
