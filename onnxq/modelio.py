@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict, Iterable, Optional, Union
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import tempfiles
 from .errors import ModelError, OutputPathError
 
 PathLike = Union[str, os.PathLike]
@@ -187,7 +187,8 @@ def check_output_path(input_path: Optional[PathLike], output_path: PathLike) -> 
     """Validate an output path before any work is done; returns it absolute.
 
     Refuses an output equal to the input (or to its external data file), a folder, and
-    a destination folder that does not exist or is not writable.
+    a destination folder that does not exist or is not writable. Removes onnxq's stale
+    temporary files in that folder (left by a killed run; see :mod:`onnxq.tempfiles`).
     """
     out = os.path.abspath(os.fspath(output_path))
     if os.path.isdir(out):
@@ -197,10 +198,10 @@ def check_output_path(input_path: Optional[PathLike], output_path: PathLike) -> 
         raise OutputPathError(f"output folder {folder} does not exist")
     # Try it: os.access says yes to root even on read-only mounts.
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".onnxq-write-test-"):
-            pass
+        tempfiles.TempFile(folder, "onnxq-write-test").discard()
     except OSError as exc:
         raise OutputPathError(f"output folder {folder} is not writable ({exc.strerror})") from None
+    tempfiles.remove_stale(folder)
     if input_path is not None:
         src = os.path.abspath(os.fspath(input_path))
         if os.path.realpath(src) == os.path.realpath(out) or (
@@ -256,13 +257,9 @@ class ModelWriter:
         self.data_path = external_data_path(self.path)
         self.data_location = os.path.basename(self.data_path)
         folder = os.path.dirname(self.path)
-        prefix = "." + os.path.basename(self.path) + "."
-        self._onnx_tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=prefix, suffix=".tmp", delete=False)
-        self._data_tmp = (
-            tempfile.NamedTemporaryFile(dir=folder, prefix=prefix, suffix=".data.tmp", delete=False)
-            if external_data
-            else None
-        )
+        tempfiles.remove_stale(folder)
+        self._onnx_tmp = tempfiles.TempFile(folder, os.path.basename(self.path))
+        self._data_tmp = tempfiles.TempFile(folder, self.data_location) if external_data else None
         self._offset = 0
         self._written = False
         self._closed = False
@@ -338,14 +335,11 @@ class ModelWriter:
         self._written = True
 
     def _cleanup(self) -> None:
-        for handle in (self._onnx_tmp, self._data_tmp):
-            if handle is None:
-                continue
-            try:
-                handle.close()
-            finally:
-                if os.path.exists(handle.name):
-                    os.unlink(handle.name)
+        try:
+            self._onnx_tmp.discard()
+        finally:
+            if self._data_tmp is not None:
+                self._data_tmp.discard()
 
     def __enter__(self) -> "ModelWriter":
         return self
@@ -360,18 +354,12 @@ class ModelWriter:
                 raise ModelError(f"{self.path}: ModelWriter closed before write() was called")
             return
         try:
-            for handle in (self._onnx_tmp, self._data_tmp):
-                if handle is not None:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                    handle.close()
-                    os.chmod(handle.name, 0o644)
             # data first: the .onnx that references it appears last
             if self._data_tmp is not None and self._offset > 0:
-                os.replace(self._data_tmp.name, self.data_path)
+                self._data_tmp.commit(self.data_path)
             elif self._data_tmp is not None:
-                os.unlink(self._data_tmp.name)
-            os.replace(self._onnx_tmp.name, self.path)
+                self._data_tmp.discard()
+            self._onnx_tmp.commit(self.path)
         except BaseException:
             self._cleanup()
             raise

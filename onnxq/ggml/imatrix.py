@@ -10,13 +10,13 @@ norm) share one vector. Matrices are saved as ``.npz`` (no pickles) and reused.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
+from .. import tempfiles
 from ..errors import CalibrationError
 
 FORMAT_KEY = "onnxq_imatrix_version"
@@ -54,15 +54,10 @@ class ImportanceMatrix:
         for i, name in enumerate(names):
             arrays[f"v{i}"] = np.asarray(self.values[name], dtype=np.float32)
         folder = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        tempfiles.remove_stale(folder)
+        with tempfiles.TempFile(folder, os.path.basename(path)) as tmp:
+            np.savez(tmp.file, **arrays)
+            tmp.commit(path)
         return path
 
     @classmethod
