@@ -35,3 +35,11 @@ class Terminated(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+class ExternalDataMissing(ModelError):
+    """An initializer's external data file does not exist (``file``: its full path)."""
+
+    def __init__(self, message: str, file: str):
+        super().__init__(message)
+        self.file = file

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import tempfiles
-from .errors import ModelError, OutputPathError
+from .errors import ExternalDataMissing, ModelError, OutputPathError
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,15 +46,18 @@ def check_model_file(path: PathLike) -> str:
 def load_model(path: PathLike) -> onnx.ModelProto:
     """Load an ONNX model without its external data; every node gets a unique name.
 
-    Raises ModelError naming the file when it is missing or is not an ONNX model.
+    Raises ModelError naming the file when it is missing, is not an ONNX model, or is
+    one whose graph has no nodes.
     """
     path = check_model_file(path)
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning-like errors
         raise ModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
-    if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
-        raise ModelError(f"{path}: not an ONNX model (no graph)")
+    if not model.HasField("graph") and not model.ir_version and not len(model.opset_import):
+        raise ModelError(f"{path}: not an ONNX model (no graph, no IR version, no opset)")
+    if len(model.graph.node) == 0:
+        raise ModelError(f"{path}: the ONNX model's graph has no nodes (nothing to work on)")
     ensure_node_names(model)
     return model
 
@@ -111,6 +114,18 @@ def get_initializer_array(
         tensor = found
     if not is_external(tensor):
         return numpy_helper.to_array(tensor)
+    file_path, offset, _ = external_location(tensor, base_dir)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    shape = tuple(int(d) for d in tensor.dims)
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(file_path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def external_location(tensor: TensorProto, base_dir: Optional[PathLike]) -> tuple:
+    """(file, offset, length) of an external initializer's bytes, checked without reading
+    them: the file exists (else :class:`ExternalDataMissing`), the declared length is what
+    dims and dtype need, and the file holds offset + length bytes (else ModelError)."""
     info = _external_info(tensor)
     location = info.get("location")
     if not location:
@@ -118,7 +133,7 @@ def get_initializer_array(
     base = os.fspath(base_dir) if base_dir is not None else os.getcwd()
     file_path = os.path.join(base, location)
     if not os.path.isfile(file_path):
-        raise ModelError(f"initializer {tensor.name!r}: external data file {file_path} not found")
+        raise ExternalDataMissing(f"initializer {tensor.name!r}: external data file {file_path} not found", file_path)
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
     shape = tuple(int(d) for d in tensor.dims)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
@@ -135,9 +150,7 @@ def get_initializer_array(
             f"initializer {tensor.name!r}: external data {file_path} has {file_size} bytes, "
             f"the tensor needs bytes {offset}..{offset + length}"
         )
-    if count == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(file_path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return file_path, offset, length
 
 
 def find_initializer(model: onnx.ModelProto, name: str) -> Optional[TensorProto]:

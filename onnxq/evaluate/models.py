@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from .. import runtime
 from ..errors import ModelError, OnnxqError
+from ..checks import check_input_model
 from ..modelio import check_model_file, load_model
 
 PathLike = Union[str, os.PathLike]
@@ -152,8 +153,10 @@ def _specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
 
 
 def open_model(path: PathLike, threads: int = 0) -> TimedModel:
-    """Validate ``path`` and create its session with onnxq's custom ops registered."""
+    """Validate ``path`` (:func:`onnxq.checks.check_input_model`) and create its session
+    with onnxq's custom ops registered."""
     path = check_model_file(path)
+    check_input_model(load_model(path), path)  # clearer than onnxruntime's load errors
     try:
         session = runtime.InferenceSession(path, session_options(threads), ["CPUExecutionProvider"])
     except OnnxqError:
