@@ -20,9 +20,9 @@ Under AddressSanitizer + UBSan use ``tests/native/sanitize.py``: it builds the l
 both sanitizers and runs this fuzzer with ``ONNXQ_OPS_LIBRARY`` pointing at that build and
 both libasan and libstdc++ preloaded (libasan must come first; without libstdc++ preloaded
 too, the first C++ exception onnxruntime throws for an expected error aborts the process).
-By hand, that is::
+By hand (from the repository root), that is::
 
-    ONNXQ_OPS_LIBRARY=/path/to/libonnxq_ops_asan.so \\
+    export ONNXQ_OPS_LIBRARY=$(python tests/native/sanitize.py --build-only)
     LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \\
     ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 \\
     python tests/ops_fuzz.py --cases 10000 --seed 1

@@ -88,10 +88,14 @@ def main(argv=None) -> int:
     ap.add_argument("--isa", action="append", choices=ISAS,
                     help="kernel instruction set to test (repeatable; default: every one this CPU has)")
     ap.add_argument("--jobs", type=int, default=2, help="fuzz workers at a time (default 2)")
+    ap.add_argument("--build-only", action="store_true", help="build the sanitized library, print its path, exit")
     args = ap.parse_args(argv)
     if kbuild.compiler() is None:
         raise SystemExit("sanitize: no C compiler")
     library = kbuild.ops_library(kbuild.ASAN, "libonnxq_ops_asan")
+    if args.build_only:
+        print(library)
+        return 0
     env = sanitizer_env(library)
     check_env(env)
     isas = args.isa or available_isas(env)
