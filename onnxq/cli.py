@@ -54,13 +54,13 @@ def _terminate_like_interrupt():
         return
     wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
     previous = {s: signal.getsignal(s) for s in wanted}
+    installed = [s for s, h in previous.items() if h in (signal.SIG_DFL, None)]
 
     def handler(signum, frame):
-        for s in previous:
+        for s in installed:
             signal.signal(s, signal.SIG_IGN)
         raise Terminated(signum)
 
-    installed = [s for s, h in previous.items() if h in (signal.SIG_DFL, None)]
     for s in installed:
         signal.signal(s, handler)
     try:

@@ -272,7 +272,11 @@ class ModelWriter:
         folder = os.path.dirname(self.path)
         tempfiles.remove_stale(folder)
         self._onnx_tmp = tempfiles.TempFile(folder, os.path.basename(self.path))
-        self._data_tmp = tempfiles.TempFile(folder, self.data_location) if external_data else None
+        try:
+            self._data_tmp = tempfiles.TempFile(folder, self.data_location) if external_data else None
+        except BaseException:
+            self._onnx_tmp.discard()
+            raise
         self._offset = 0
         self._written = False
         self._closed = False

@@ -48,9 +48,14 @@ class TempFile:
             except FileExistsError:  # pragma: no cover - 32 random bits collided
                 continue
             break
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.file: IO[bytes] = os.fdopen(fd, "wb")
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.file: IO[bytes] = os.fdopen(fd, "wb")
+        except BaseException:  # e.g. Ctrl-C right here: no file without an owner
+            os.close(fd)
+            os.unlink(self.path)
+            raise
 
     def write(self, data: bytes) -> int:
         return self.file.write(data)
