@@ -38,6 +38,7 @@ def test_fuzz_cases_under_asan_and_ubsan_on_every_isa(tmp_path):
         assert {s["library"] for s in run["seeds"]} == {summary["library"]} and "asan" in summary["library"]
 
 
+@pytest.mark.slow
 def test_the_sanitized_library_reports_a_crash(tmp_path):
     """Under the script's environment a segmentation fault is a sanitizer report and a
     counted crash, not a dead run: the guard works with ASan preloaded."""

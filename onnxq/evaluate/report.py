@@ -163,7 +163,6 @@ class EvalReport:
         lines.append("; ".join(paths))
         return lines
 
-
     def _nonfinite_lines(self) -> list[str]:
         lines = []
         tagged = [("ref", self.reference)] + [(f"#{i + 1}", c) for i, c in enumerate(self.candidates)]
