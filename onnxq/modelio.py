@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, Optional, Union
+from typing import IO, Callable, Dict, Iterable, Optional, Union
 
 import numpy as np
 import onnx
@@ -385,6 +385,19 @@ class ModelWriter:
 def get_initializer_array_proto(tensor: TensorProto, base_dir: Optional[PathLike]) -> np.ndarray:
     """Like :func:`get_initializer_array` for a TensorProto already in hand."""
     return get_initializer_array(onnx.ModelProto(), tensor, base_dir)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> str:
+    """Write a (small) file atomically: ``write(fh)`` fills a temporary file in the target's
+    folder (onnxq's locked kind, see :mod:`onnxq.tempfiles`), which is renamed over ``path``
+    only when complete. Returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    tempfiles.remove_stale(folder)
+    with tempfiles.TempFile(folder, os.path.basename(path)) as tmp:
+        write(tmp.file)
+        tmp.commit(path)
+    return path
 
 
 def total_initializer_bytes(model: onnx.ModelProto) -> int:

@@ -34,7 +34,7 @@ from .modelio import (
     with_initializers,
 )
 from .passes import Calibration, MethodPass, QuantizeJob, QuantizeOptions
-from .plan import GGML, KEEP, SMOOTHQUANT
+from .plan import AUTO, GGML, KEEP, SMOOTHQUANT
 from .recipe import Recipe, load_recipe as _load_recipe, plan, single_type_recipe
 from .report import LayerResult, QuantizeReport, summarize_skipped
 from .sites import Skipped, find_sites
@@ -90,6 +90,7 @@ def quantize(
     threads: Optional[int] = None,
     calibration_batches: Optional[int] = None,
     external_data: Optional[bool] = None,
+    auto_threshold: Optional[float] = None,
     progress: bool = True,
 ) -> QuantizeReport:
     """Quantize the ONNX model at ``input`` into ``output``.
@@ -98,7 +99,11 @@ def quantize(
         type: one GGML type for every linear layer and embedding (``"q6_k"``), or
         recipe: a preset name (``"q5_k_m"``), a JSON/YAML recipe file, a dict or a
             :class:`~onnxq.recipe.Recipe`; neither: the ``q5_k_m`` preset.
-        mode: ``exact`` or ``fast`` for every GGML layer whose rule does not say.
+        mode: ``exact``, ``fast`` or ``auto`` (the default: per layer, fast where the measured
+            cost of rounding its activations is below ``auto_threshold``) for every GGML
+            layer whose rule does not say. Auto measures on ``calibration_data`` (or
+            ``imatrix_data`` inputs); without either, on text the float model writes itself
+            (causal LMs) or shipped sentences (encoders) (:func:`onnxq.zoo.calibration.default_batches`).
         imatrix_data: calibration inputs for an importance matrix (``.npz`` of model
             inputs, dict of arrays, iterable of input dicts, CalibrationDataReader), or an
             ``.npz`` saved by :meth:`ImportanceMatrix.save`.
@@ -113,6 +118,8 @@ def quantize(
         threads: codec threads (None: all cores).
         external_data: store weights in ``<output>.data`` (None: when the input does or
             the weights are large).
+        auto_threshold: fast where fast mode adds less than this fraction to a layer's
+            output error (None: :data:`onnxq.ggml.modes.DEFAULT_THRESHOLD`).
     Returns:
         a :class:`~onnxq.report.QuantizeReport`.
     """
@@ -121,9 +128,10 @@ def quantize(
         imatrix_data=imatrix_data, imatrix=imatrix, save_imatrix=save_imatrix, calibration_data=calibration_data,
         calibration_inputs=_calibration_inputs(calibration_data, imatrix_data),
         smoothquant_options=dict(smoothquant_options or {}), awq=awq, threads=threads,
-        calibration_batches=calibration_batches, progress=progress,
+        calibration_batches=calibration_batches, progress=progress, auto_threshold=auto_threshold,
     )
     job = _open(input, output, resolve_recipe(type, recipe, mode), options)
+    _auto_data(job)
     passes: List[MethodPass] = [PASSES[kind]() for kind in job.plan.kinds() if kind in PASSES]
     for p in passes:
         p.check(job)
@@ -134,6 +142,20 @@ def quantize(
         p.prepare(job)
     model = _write(job, passes, external_data)
     return _report(job, model, time.perf_counter() - start)
+
+
+def _auto_data(job: QuantizeJob) -> None:
+    """The inputs the auto mode measures on, when some GGML linear layer has mode auto:
+    the calibration inputs, else a default source for the model's kind."""
+    if not any(d.kind == "linear" and d.method.mode == AUTO for d in job.plan.by_kind(GGML)):
+        return
+    o = job.options
+    if o.calibration_inputs is not None:
+        o.auto_data, o.auto_data_source = o.calibration_inputs, "the given calibration inputs"
+        return
+    from .zoo.calibration import default_batches
+
+    o.auto_data, o.auto_data_source = default_batches(job.input_path, progress=o.progress)
 
 
 def _calibration_inputs(calibration_data: Any, imatrix_data: Any) -> Any:
@@ -225,4 +247,5 @@ def _report(job: QuantizeJob, model: onnx.ModelProto, seconds: float) -> Quantiz
         imatrix_tensors=job.reports.get("imatrix_tensors", 0),
         smoothquant=job.reports.get("smoothquant"),
         awq=job.reports.get("awq"),
+        modes=job.reports.get("modes"),
     )

@@ -16,8 +16,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .. import tempfiles
 from ..errors import CalibrationError
+from ..modelio import atomic_write
 
 FORMAT_KEY = "onnxq_imatrix_version"
 FORMAT_VERSION = 1
@@ -53,12 +53,7 @@ class ImportanceMatrix:
         }
         for i, name in enumerate(names):
             arrays[f"v{i}"] = np.asarray(self.values[name], dtype=np.float32)
-        folder = os.path.dirname(path)
-        tempfiles.remove_stale(folder)
-        with tempfiles.TempFile(folder, os.path.basename(path)) as tmp:
-            np.savez(tmp.file, **arrays)
-            tmp.commit(path)
-        return path
+        return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "ImportanceMatrix":
