@@ -142,6 +142,7 @@ def run(models: List[str], types: List[str], minutes: float, bound_mib: float) -
         "fds_start": start_sample["fds"], "fds_end": cycles[-1][-1]["fds"],
         "threads_start": start_sample["threads"], "threads_end": cycles[-1][-1]["threads"],
         "rss_cycle_ends_mib": [round(e / MIB, 1) for e in ends],
+        "cycle_end_minutes": [round((c[-1]["t"] - start_sample["t"]) / 60, 2) for c in cycles],
         "seconds_per_step": {f"{s['model']} {s['type']}": round(s["seconds"], 2) for s in steps[-len(pairs):]},
         "quality": {f"{s['model']} {s['type']}": s["quality"] for s in steps[-len(pairs):]},
         "problems": problems,
