@@ -48,13 +48,13 @@ def lm_files(tmp_path_factory):
              "tokenizer": tok, "root": root, "tokenizer_path": root / "tokenizer.json"}
     tok.save(str(files["tokenizer_path"]))
     q8 = root / "q8.onnx"
-    onnxq.quantize(files["ref"], q8, type="q8_0", progress=False)
+    onnxq.quantize(files["ref"], q8, type="q8_0", mode="exact", progress=False)
     packed = [n.input[1] for n in load_model(q8).graph.node if n.op_type == "GgmlMatMul"]
     files["q8"] = q8
     files["nan"] = _nan_scales(q8, root / "q8-nan.onnx", packed[-1])  # the output projection
     no_kind = toy_lm(kind=None, family=None)
     files["plain"] = save(no_kind, root / "plain.onnx")
-    onnxq.quantize(files["plain"], root / "plain-q8.onnx", type="q8_0", progress=False)
+    onnxq.quantize(files["plain"], root / "plain-q8.onnx", type="q8_0", mode="exact", progress=False)
     files["plain_nan"] = _nan_scales(root / "plain-q8.onnx", root / "plain-nan.onnx", packed[-1])
     return files
 
