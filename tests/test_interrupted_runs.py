@@ -96,11 +96,11 @@ def small_input(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slow_input(tmp_path_factory):
-    """A ~100 MB decoder with external data: quantizing it with one thread takes ~2 s, long
-    enough to kill the run while its temporary files exist."""
+    """A ~45 MB decoder with external data: quantizing it with one thread takes about a
+    second, long enough to kill the run while its temporary files exist."""
     folder = tmp_path_factory.mktemp("input")
     path = folder / "m.onnx"
-    model = tiny_decoder(vocab=4096, hidden=768, ffn=2048, layers=3)
+    model = tiny_decoder(vocab=4096, hidden=512, ffn=1536, layers=3)
     onnx.save(model, str(path), save_as_external_data=True, location="m.onnx.data")
     return path
 

@@ -244,12 +244,12 @@ def test_randomized_malformed_models_do_not_crash():
 def test_fuzzer_counts_a_crash_and_carries_on():
     """A worker killed by SIGSEGV in the middle of a batch: that case counts as one crash,
     the cases before it keep their results, and a new worker runs the rest."""
-    summary = _fuzz("--cases", "90", "--seed", "7", "--batch", "45", "--crash-at", "60")
+    summary = _fuzz("--cases", "40", "--seed", "7", "--batch", "20", "--crash-at", "25")
     assert summary["returncode"] == 1
-    assert summary["crashes"] == 1 and summary["cases"] == 90
+    assert summary["crashes"] == 1 and summary["cases"] == 40
     crash = summary["seeds"][0]["crash_cases"][0]
-    assert crash["case"] == 60 and crash["exit"] == "signal SIGSEGV"
-    clean = _fuzz("--cases", "90", "--seed", "7", "--batch", "45")
+    assert crash["case"] == 25 and crash["exit"] == "signal SIGSEGV"
+    clean = _fuzz("--cases", "40", "--seed", "7", "--batch", "20")
     assert clean["crashes"] == 0 and clean["returncode"] == 0
     # the same cases ran, less the one that crashed: (seed, index) alone decides a case
     assert clean["checks"] - summary["checks"] in (1, 2, 3)

@@ -23,7 +23,7 @@ SCRIPT = os.path.join(HERE, "native", "sanitize.py")
 def test_fuzz_cases_under_asan_and_ubsan_on_every_isa(tmp_path):
     if kbuild.compiler() is None or not kbuild.sanitizers_work(str(tmp_path)):
         pytest.skip("the compiler cannot build AddressSanitizer/UBSan programs here")
-    res = subprocess.run([sys.executable, SCRIPT, "--cases", "150", "--seed", "11"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, SCRIPT, "--cases", "100", "--seed", "11"], capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
@@ -32,8 +32,8 @@ def test_fuzz_cases_under_asan_and_ubsan_on_every_isa(tmp_path):
     expected = isas[isas.index(best):] if best in isas else ["scalar"]
     assert [r["isa"] for r in summary["runs"]] == expected
     for run in summary["runs"]:
-        assert run["cases"] == 150 and run["crashes"] == 0 and run["n_mismatches"] == 0
-        assert run["errors_as_expected"] > 50 and run["valid"] > 30
+        assert run["cases"] == 100 and run["crashes"] == 0 and run["n_mismatches"] == 0
+        assert run["errors_as_expected"] > 40 and run["valid"] > 20
         assert {s["kernels"] for s in run["seeds"]} == {run["isa"]}
         assert {s["library"] for s in run["seeds"]} == {summary["library"]} and "asan" in summary["library"]
 
@@ -48,10 +48,10 @@ def test_the_sanitized_library_reports_a_crash(tmp_path):
     import sanitize
 
     env = sanitize.sanitizer_env(kbuild.ops_library(kbuild.ASAN, "libonnxq_ops_asan"))
-    res = subprocess.run([sys.executable, os.path.join(HERE, "ops_fuzz.py"), "--cases", "30", "--seed", "5",
-                          "--batch", "30", "--crash-at", "12", "--jobs", "1"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, os.path.join(HERE, "ops_fuzz.py"), "--cases", "16", "--seed", "5",
+                          "--batch", "16", "--crash-at", "12", "--jobs", "1"], capture_output=True, text=True,
                          env=env, timeout=600)
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert res.returncode == 1 and summary["crashes"] == 1 and summary["cases"] == 30
+    assert res.returncode == 1 and summary["crashes"] == 1 and summary["cases"] == 16
     crash = summary["seeds"][0]["crash_cases"][0]
     assert crash["case"] == 12 and "AddressSanitizer: SEGV" in crash["stderr"], crash
