@@ -233,12 +233,14 @@ def measure_costs(model: PathLike, data: Any = None, *, candidates: Sequence[str
     .npz, dict, iterable of input dicts, reader; None: the model's default source,
     :func:`onnxq.zoo.calibration.default_batches`), described by ``data_source``."""
     from .calibrate import CalibrationCache, calibrate
+    from .checks import check_input_model
     from .evaluate.probe import LossProbe
     from .modelio import file_bytes, load_model, model_dir, tensor_nbytes
     from .sites import find_sites
 
     path = os.fspath(model)
     proto = load_model(path)
+    check_input_model(proto, path)  # before minutes of measuring
     data, source = _data(path, data, data_source, progress)
     bad = [c for c in candidates if c != KEEP and c not in CANDIDATES]
     if bad:

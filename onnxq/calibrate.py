@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
@@ -31,6 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from . import tempfiles
 from .errors import CalibrationError, ModelError
 
 __all__ = [
@@ -492,7 +492,7 @@ class _Session:
         present = {o.name for o in model.graph.output}
         n_outputs = len(model.graph.output)
         opts = session_options if session_options is not None else ort.SessionOptions()
-        self._tmp: Optional[str] = None
+        self._tmp: Optional[tempfiles.TempFile] = None
         providers = list(providers) if providers else ["CPUExecutionProvider"]
         # the extra outputs are added to the caller's proto only while it is serialized
         # (copying a model of hundreds of MB just to add outputs costs seconds) and removed
@@ -508,10 +508,12 @@ class _Session:
                     raise ModelError("the model has external data but no base directory was given")
                 # external data locations are relative to the model file: the temporary copy
                 # goes next to the original so they resolve without loading the weights
-                fd, self._tmp = tempfile.mkstemp(suffix=".calib.onnx", dir=base_dir)
-                os.close(fd)
-                onnx.save(model, self._tmp)
-                target: Any = self._tmp
+                # (named and locked as onnxq's own, so a killed run's copy is removed later)
+                tempfiles.remove_stale(os.fspath(base_dir))
+                self._tmp = tempfiles.TempFile(os.fspath(base_dir), "onnxq-calibration.onnx")
+                self._tmp.write(model.SerializeToString())
+                self._tmp.file.flush()
+                target: Any = self._tmp.path
             else:
                 target = model.SerializeToString()
         finally:
@@ -526,8 +528,8 @@ class _Session:
         return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds))))
 
     def close(self) -> None:
-        if self._tmp is not None and os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        if self._tmp is not None:
+            self._tmp.discard()
         self._tmp = None
 
 

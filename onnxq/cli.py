@@ -6,12 +6,15 @@ Each command lives in ``onnxq.commands.<module>`` with ``configure(parser)`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from ._version import __version__
-from .errors import OnnxqError
+from .errors import OnnxqError, Terminated
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,6 +44,33 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """SIGTERM and SIGHUP raise :class:`Terminated` (a KeyboardInterrupt) while a command
+    runs, so they unwind like Ctrl-C and leave no temporary file behind. Signals a host
+    application already handles are left alone; a second signal during the unwinding is
+    ignored so the clean-up can finish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.getsignal(s) for s in wanted}
+    installed = [s for s, h in previous.items() if h in (signal.SIG_DFL, None)]
+
+    def handler(signum, frame):
+        for s in installed:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    for s in installed:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s in installed:
+            signal.signal(s, previous[s])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -52,10 +82,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(_load(args.command).run(args) or 0)
+        with _terminate_like_interrupt():
+            return int(_load(args.command).run(args) or 0)
     except OnnxqError as exc:
         print(f"onnxq {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"onnxq {args.command}: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"onnxq {args.command}: interrupted", file=sys.stderr)
         return 130

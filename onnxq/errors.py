@@ -26,3 +26,20 @@ class OutputPathError(OnnxqError, OSError):
 class DataError(OnnxqError, ValueError):
     """Evaluation data (corpus, sentence file, input .npz) is missing, unreadable, empty or
     does not fit the model."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) reached the CLI: unwinds like Ctrl-C, so every atomic writer
+    removes its temporary files; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class ExternalDataMissing(ModelError):
+    """An initializer's external data file does not exist (``file``: its full path)."""
+
+    def __init__(self, message: str, file: str):
+        super().__init__(message)
+        self.file = file

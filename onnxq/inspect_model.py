@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .ggml.nodes import MATMUL_OP, ggml_node_attributes, is_ggml_node
+from .checks import check_external_data
 from .modelio import file_bytes, load_model, tensor_nbytes
 from .report import LayerShape
 from .sites import FLOAT_TYPES, ModelGraph, find_sites, infer_role, layer_index
@@ -193,6 +194,7 @@ def inspect_model(path: PathLike) -> ModelInspection:
     """Per-layer report of the model at ``path`` (any onnxq output or float model)."""
     path = os.fspath(path)
     model = load_model(path)
+    check_external_data(model, path)  # sizes of data that is not there would be made up
     graph = ModelGraph(model)
     sizes = _Bytes(model)
     result = ModelInspection(path=os.path.abspath(path))

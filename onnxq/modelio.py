@@ -11,14 +11,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import IO, Callable, Dict, Iterable, Optional, Union
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ModelError, OutputPathError
+from . import tempfiles
+from .errors import ExternalDataMissing, ModelError, OutputPathError
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,15 +46,18 @@ def check_model_file(path: PathLike) -> str:
 def load_model(path: PathLike) -> onnx.ModelProto:
     """Load an ONNX model without its external data; every node gets a unique name.
 
-    Raises ModelError naming the file when it is missing or is not an ONNX model.
+    Raises ModelError naming the file when it is missing, is not an ONNX model, or is
+    one whose graph has no nodes.
     """
     path = check_model_file(path)
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError / RuntimeWarning-like errors
         raise ModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
-    if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
-        raise ModelError(f"{path}: not an ONNX model (no graph)")
+    if not model.HasField("graph") and not model.ir_version and not len(model.opset_import):
+        raise ModelError(f"{path}: not an ONNX model (no graph, no IR version, no opset)")
+    if len(model.graph.node) == 0:
+        raise ModelError(f"{path}: the ONNX model's graph has no nodes (nothing to work on)")
     ensure_node_names(model)
     return model
 
@@ -111,6 +114,18 @@ def get_initializer_array(
         tensor = found
     if not is_external(tensor):
         return numpy_helper.to_array(tensor)
+    file_path, offset, _ = external_location(tensor, base_dir)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    shape = tuple(int(d) for d in tensor.dims)
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(file_path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def external_location(tensor: TensorProto, base_dir: Optional[PathLike]) -> tuple:
+    """(file, offset, length) of an external initializer's bytes, checked without reading
+    them: the file exists (else :class:`ExternalDataMissing`), the declared length is what
+    dims and dtype need, and the file holds offset + length bytes (else ModelError)."""
     info = _external_info(tensor)
     location = info.get("location")
     if not location:
@@ -118,7 +133,7 @@ def get_initializer_array(
     base = os.fspath(base_dir) if base_dir is not None else os.getcwd()
     file_path = os.path.join(base, location)
     if not os.path.isfile(file_path):
-        raise ModelError(f"initializer {tensor.name!r}: external data file {file_path} not found")
+        raise ExternalDataMissing(f"initializer {tensor.name!r}: external data file {file_path} not found", file_path)
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
     shape = tuple(int(d) for d in tensor.dims)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
@@ -135,9 +150,7 @@ def get_initializer_array(
             f"initializer {tensor.name!r}: external data {file_path} has {file_size} bytes, "
             f"the tensor needs bytes {offset}..{offset + length}"
         )
-    if count == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(file_path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return file_path, offset, length
 
 
 def find_initializer(model: onnx.ModelProto, name: str) -> Optional[TensorProto]:
@@ -187,7 +200,8 @@ def check_output_path(input_path: Optional[PathLike], output_path: PathLike) -> 
     """Validate an output path before any work is done; returns it absolute.
 
     Refuses an output equal to the input (or to its external data file), a folder, and
-    a destination folder that does not exist or is not writable.
+    a destination folder that does not exist or is not writable. Removes onnxq's stale
+    temporary files in that folder (left by a killed run; see :mod:`onnxq.tempfiles`).
     """
     out = os.path.abspath(os.fspath(output_path))
     if os.path.isdir(out):
@@ -197,10 +211,10 @@ def check_output_path(input_path: Optional[PathLike], output_path: PathLike) -> 
         raise OutputPathError(f"output folder {folder} does not exist")
     # Try it: os.access says yes to root even on read-only mounts.
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".onnxq-write-test-"):
-            pass
+        tempfiles.TempFile(folder, "onnxq-write-test").discard()
     except OSError as exc:
         raise OutputPathError(f"output folder {folder} is not writable ({exc.strerror})") from None
+    tempfiles.remove_stale(folder)
     if input_path is not None:
         src = os.path.abspath(os.fspath(input_path))
         if os.path.realpath(src) == os.path.realpath(out) or (
@@ -256,13 +270,13 @@ class ModelWriter:
         self.data_path = external_data_path(self.path)
         self.data_location = os.path.basename(self.data_path)
         folder = os.path.dirname(self.path)
-        prefix = "." + os.path.basename(self.path) + "."
-        self._onnx_tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=prefix, suffix=".tmp", delete=False)
-        self._data_tmp = (
-            tempfile.NamedTemporaryFile(dir=folder, prefix=prefix, suffix=".data.tmp", delete=False)
-            if external_data
-            else None
-        )
+        tempfiles.remove_stale(folder)
+        self._onnx_tmp = tempfiles.TempFile(folder, os.path.basename(self.path))
+        try:
+            self._data_tmp = tempfiles.TempFile(folder, self.data_location) if external_data else None
+        except BaseException:
+            self._onnx_tmp.discard()
+            raise
         self._offset = 0
         self._written = False
         self._closed = False
@@ -345,14 +359,11 @@ class ModelWriter:
         self._written = True
 
     def _cleanup(self) -> None:
-        for handle in (self._onnx_tmp, self._data_tmp):
-            if handle is None:
-                continue
-            try:
-                handle.close()
-            finally:
-                if os.path.exists(handle.name):
-                    os.unlink(handle.name)
+        try:
+            self._onnx_tmp.discard()
+        finally:
+            if self._data_tmp is not None:
+                self._data_tmp.discard()
 
     def __enter__(self) -> "ModelWriter":
         return self
@@ -367,18 +378,12 @@ class ModelWriter:
                 raise ModelError(f"{self.path}: ModelWriter closed before write() was called")
             return
         try:
-            for handle in (self._onnx_tmp, self._data_tmp):
-                if handle is not None:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                    handle.close()
-                    os.chmod(handle.name, 0o644)
             # data first: the .onnx that references it appears last
             if self._data_tmp is not None and self._offset > 0:
-                os.replace(self._data_tmp.name, self.data_path)
+                self._data_tmp.commit(self.data_path)
             elif self._data_tmp is not None:
-                os.unlink(self._data_tmp.name)
-            os.replace(self._onnx_tmp.name, self.path)
+                self._data_tmp.discard()
+            self._onnx_tmp.commit(self.path)
         except BaseException:
             self._cleanup()
             raise
@@ -391,17 +396,14 @@ def get_initializer_array_proto(tensor: TensorProto, base_dir: Optional[PathLike
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> str:
     """Write a (small) file atomically: ``write(fh)`` fills a temporary file in the target's
-    folder, which is renamed over ``path`` only when complete. Returns the absolute path."""
+    folder (onnxq's locked kind, see :mod:`onnxq.tempfiles`), which is renamed over ``path``
+    only when complete. Returns the absolute path."""
     path = os.path.abspath(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    folder = os.path.dirname(path)
+    tempfiles.remove_stale(folder)
+    with tempfiles.TempFile(folder, os.path.basename(path)) as tmp:
+        write(tmp.file)
+        tmp.commit(path)
     return path
 
 

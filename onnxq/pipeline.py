@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import onnx
 
 from ._version import __version__
+from .checks import check_input_model
 from .errors import ModelError, RecipeError
 from .ggml.imatrix import ImportanceMatrix, is_imatrix_file
 from .ggml.step import GGMLPass
@@ -169,6 +170,7 @@ def _open(input: PathLike, output: PathLike, recipe: Recipe, options: QuantizeOp
     in_path = os.path.abspath(os.fspath(input))
     out_path = check_output_path(in_path, output)
     model = load_model(in_path)
+    check_input_model(model, in_path)  # before any work: a model onnxruntime cannot load is refused
     analysis = find_sites(model)
     if not analysis.linear and not analysis.embeddings:
         detail = f" (looked at: {summarize_skipped(analysis.skipped)})" if analysis.skipped else ""

@@ -1,22 +1,43 @@
 """Randomized malformed (and valid) GgmlMatMul / GgmlGather models and inputs.
 
-Run as a script so that a crash shows up as a failed subprocess rather than a dead test
-run; prints one JSON summary line last. Used by tests/test_ops_malformed.py and by hand
-under AddressSanitizer:
+Every case (one random model, or one random input set for a pooled session) is derived
+from ``(seed, case index)`` alone, so any case can be replayed on its own. Cases run in
+guarded worker subprocesses, a batch each: when a worker dies (a signal, a sanitizer
+report, a non-zero exit, a hang past ``--timeout``) the case it was running is counted as
+a crash with its exit status, and a new worker carries on with the next case. The last
+line printed is a JSON summary with, per seed and in total: cases, checks (one model load
+or one run), valid runs, errors as expected, mismatches and crashes. Exit status 0 only
+when there was no mismatch and no crash.
 
-    ONNXQ_OPS_LIBRARY=/tmp/libonnxq_ops_asan.so LD_PRELOAD=$(gcc -print-file-name=libasan.so) \\
-    ASAN_OPTIONS=detect_leaks=0,allocator_may_return_null=1 python tests/ops_fuzz.py --cases 5000
+    python tests/ops_fuzz.py --cases 10000 --seed 1 --seed 2 --seed 3
+    python tests/ops_fuzz.py --seed 2 --replay 4711          # one case, in this process
 
 A Python-side oracle decides for every case whether it is valid: valid cases must run and
 give the right shape (and the right numbers when the blocks come from a quantizer), invalid
 ones must raise an onnxruntime error; errors the glue produces must name the op.
+
+Under AddressSanitizer + UBSan use ``tests/native/sanitize.py``: it builds the library with
+both sanitizers and runs this fuzzer with ``ONNXQ_OPS_LIBRARY`` pointing at that build and
+both libasan and libstdc++ preloaded (libasan must come first; without libstdc++ preloaded
+too, the first C++ exception onnxruntime throws for an expected error aborts the process).
+By hand (from the repository root), that is::
+
+    export ONNXQ_OPS_LIBRARY=$(python tests/native/sanitize.py --build-only)
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \\
+    ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 \\
+    python tests/ops_fuzz.py --cases 10000 --seed 1
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +52,9 @@ MISSING = object()
 BAD_TYPE_NAMES = ["Q3_K", "Q2_K", "Q8_K", "Q8_1", "F16", "F32", "", "Q4", "Q4_0 ", "q4_k_m", "Q" * 63, "Q" * 64, "\u00e9"]
 EDGE_INTS = [0, -1, -32, -(2**63), 2**31, 2**32 + 5, MAX_K, MAX_K + 1, 2**62, 2**63 - 1]
 INT64_MAX = 2**63 - 1
+#: the second word of the seed of the session pool (case indices are >= 0)
+POOL_STREAM = -1
+CREATION_SHARE = 0.3
 
 
 def rand_type_attr(rng, valid_p=0.75, allow=WEIGHT_TYPES):
@@ -113,13 +137,15 @@ class Attrs:
 
 class Fuzzer:
     def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.stats = {"cases": 0, "valid": 0, "errors": 0, "creation_cases": 0, "runtime_cases": 0}
+        self.seed = seed
+        self.rng = np.random.default_rng([seed, 2**32 + POOL_STREAM])
+        self.stats = {"checks": 0, "valid": 0, "errors": 0, "creation_cases": 0, "runtime_cases": 0}
         self.mismatches: List[str] = []
+        self._pool: Optional[list] = None
 
     # -- outcome bookkeeping
     def expect(self, label: str, valid: bool, fn, glue_error: bool = True, check=None):
-        self.stats["cases"] += 1
+        self.stats["checks"] += 1
         try:
             out = fn()
         except ORT_ERRORS as exc:
@@ -321,27 +347,155 @@ class Fuzzer:
         self.stats["runtime_cases"] += 1
         self.expect(label, valid, lambda: sess.run(None, feeds), check=check)
 
-    def run(self, cases: int):
-        pool = self.make_pool(12)
-        i = 0
-        while self.stats["cases"] < cases:
-            if self.rng.random() < 0.3:
-                self.creation_case(i)
-            else:
-                self.runtime_case(i, pool[int(self.rng.integers(0, len(pool)))])
-            i += 1
+    def case(self, i: int) -> None:
+        """Case ``i`` of this seed: a function of (seed, i) only."""
+        if self._pool is None:
+            self._pool = self.make_pool(12)
+        self.rng = np.random.default_rng([self.seed, i])
+        if self.rng.random() < CREATION_SHARE:
+            self.creation_case(i)
+        else:
+            self.runtime_case(i, self._pool[int(self.rng.integers(0, len(self._pool)))])
+
+
+# ---------------------------------------------------------------- guarded workers
+
+COUNTERS = ("checks", "valid", "errors", "creation_cases", "runtime_cases")
+
+
+def worker(seed: int, start: int, stop: int, crash_at: Optional[int]) -> int:
+    """Run cases [start, stop), one line per finished case: ``done i checks valid errors
+    creation runtime`` then ``mismatch i text`` lines. The parent reads these lines, so the
+    cases finished before a crash still count."""
+    from onnxq import runtime
+
+    print(f"isa {runtime.kernel_isa()} {runtime.get_library_path()}", flush=True)
+    fz = Fuzzer(seed)
+    for i in range(start, stop):
+        if i == crash_at:  # a test of the guard: a real segmentation fault in this worker
+            ctypes.string_at(0)
+        before = dict(fz.stats)
+        seen = len(fz.mismatches)
+        fz.case(i)
+        counts = " ".join(str(fz.stats[k] - before[k]) for k in COUNTERS)
+        lines = [f"done {i} {counts}"] + [f"mismatch {i} {m}".replace("\n", " ") for m in fz.mismatches[seen:]]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _exit_text(returncode: Optional[int]) -> str:
+    if returncode is None:
+        return "hang (killed after --timeout)"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+class SeedResult:
+    """What the workers of one seed reported."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.totals = dict.fromkeys(COUNTERS, 0)
+        self.done: set = set()
+        self.mismatches: List[str] = []
+        self.crashes: List[Dict[str, Any]] = []
+        self.kernels = ""
+        self.library = ""
+
+    def read(self, stdout: str) -> None:
+        for line in stdout.splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "done":
+                parts = rest.split()
+                self.done.add(int(parts[0]))
+                for key, value in zip(COUNTERS, parts[1:]):
+                    self.totals[key] += int(value)
+            elif kind == "mismatch":
+                self.mismatches.append(rest)
+            elif kind == "isa":
+                self.kernels, _, self.library = rest.partition(" ")
+
+    def summary(self) -> Dict[str, Any]:
+        errors_as_expected = self.totals["errors"] - sum(1 for m in self.mismatches if "expected success" in m)
+        return dict(
+            seed=self.seed, cases=len(self.done) + len(self.crashes), **self.totals,
+            errors_as_expected=errors_as_expected, n_mismatches=len(self.mismatches), crashes=len(self.crashes),
+            kernels=self.kernels, library=self.library, mismatches=self.mismatches[:20], crash_cases=self.crashes[:20],
+        )
+
+
+def run_range(result: SeedResult, start: int, stop: int, crash_at: Optional[int], timeout: float) -> None:
+    """Cases [start, stop) of one seed in worker subprocesses, restarting after each crash."""
+    here = os.path.abspath(__file__)
+    while start < stop:
+        cmd = [sys.executable, here, "--worker", "--seed", str(result.seed), "--start", str(start), "--stop", str(stop)]
+        if crash_at is not None:
+            cmd += ["--crash-at", str(crash_at)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=os.path.dirname(here))
+            stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as exc:
+            stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            code = None
+        result.read(stdout)
+        if code == 0:
+            return
+        crashed = next((i for i in range(start, stop) if i not in result.done), stop)
+        if crashed == stop:  # every case finished, the worker died on the way out
+            crashed = stop - 1
+        result.crashes.append({"case": crashed, "exit": _exit_text(code), "stderr": stderr[-1500:]})
+        start = crashed + 1
+
+
+def fuzz(seeds: List[int], cases: int, batch: int, jobs: int, timeout: float,
+         crash_at: Optional[int] = None) -> Dict[str, Any]:
+    results = [SeedResult(seed) for seed in seeds]
+    work = [(r, a, min(a + batch, cases)) for r in results for a in range(0, cases, batch)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(lambda w: run_range(w[0], w[1], w[2], crash_at, timeout), work))
+    per_seed = [r.summary() for r in results]
+    total = {k: sum(s[k] for s in per_seed) for k in ("cases", *COUNTERS, "errors_as_expected", "n_mismatches", "crashes")}
+    return dict(
+        total, seeds=per_seed, seconds=round(time.perf_counter() - started, 1),
+        mismatches=[m for r in results for m in r.mismatches][:50],
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=1200)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cases", type=int, default=1200, help="cases per seed (default 1200)")
+    ap.add_argument("--seed", type=int, action="append", help="a seed (repeatable; default 0)")
+    ap.add_argument("--batch", type=int, default=1000, help="cases per worker subprocess (default 1000)")
+    ap.add_argument("--jobs", type=int, default=2, help="worker subprocesses at a time (default 2)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds one worker may take (default 900)")
+    ap.add_argument("--replay", type=int, metavar="CASE", help="run one case in this process and print its checks")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--crash-at", type=int, help=argparse.SUPPRESS)  # tests of the guard
     args = ap.parse_args(argv)
-    fz = Fuzzer(args.seed)
-    fz.run(args.cases)
-    out = dict(fz.stats, seed=args.seed, mismatches=fz.mismatches[:50], n_mismatches=len(fz.mismatches))
+    seeds = args.seed or [0]
+    if args.worker:
+        return worker(seeds[0], args.start, args.stop, args.crash_at)
+    if args.replay is not None:
+        fz = Fuzzer(seeds[0])
+        fz.case(args.replay)
+        print(json.dumps(dict(fz.stats, seed=seeds[0], case=args.replay, mismatches=fz.mismatches)))
+        return 1 if fz.mismatches else 0
+    out = fuzz(seeds, args.cases, args.batch, args.jobs, args.timeout, args.crash_at)
+    for s in out["seeds"]:
+        print(f"seed {s['seed']}: {s['cases']} cases, {s['checks']} checks, {s['valid']} valid runs, "
+              f"{s['errors_as_expected']} errors as expected, {s['n_mismatches']} mismatches, {s['crashes']} crashes "
+              f"(kernels {s['kernels']})", file=sys.stderr)
     print(json.dumps(out))
-    return 0
+    return 0 if out["crashes"] == 0 and out["n_mismatches"] == 0 else 1
 
 
 if __name__ == "__main__":

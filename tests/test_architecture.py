@@ -18,12 +18,12 @@ PKG = Path(__file__).resolve().parents[1] / "onnxq"
 BASE, FLOOR, WING, TOP, CLI = range(5)
 #: module (or package prefix) -> floor; the longest matching prefix decides
 FLOORS = {
-    "onnxq._version": BASE, "onnxq.errors": BASE, "onnxq.units": BASE, "onnxq._codecs": BASE,
+    "onnxq._version": BASE, "onnxq.errors": BASE, "onnxq.units": BASE, "onnxq._codecs": BASE, "onnxq.tempfiles": BASE,
     "onnxq": BASE,  # the package's lazy __init__ (it imports only _version and errors)
     "onnxq.modelio": FLOOR, "onnxq.graph_edit": FLOOR, "onnxq.sites": FLOOR, "onnxq.folding": FLOOR,
     "onnxq.calibrate": FLOOR, "onnxq.formats": FLOOR, "onnxq.plan": FLOOR, "onnxq.recipe": FLOOR,
     "onnxq.presets": FLOOR, "onnxq.passes": FLOOR, "onnxq.report": FLOOR, "onnxq.corpora": FLOOR,
-    "onnxq.runtime": FLOOR,
+    "onnxq.runtime": FLOOR, "onnxq.checks": FLOOR,
     "onnxq.ggml": WING, "onnxq.smoothquant": WING,
     "onnxq.pipeline": TOP, "onnxq.inspect_model": TOP, "onnxq.evaluate": TOP, "onnxq.zoo": TOP,
     "onnxq.convert": TOP, "onnxq.gguf": TOP, "onnxq.budget": TOP, "onnxq.portable": TOP,

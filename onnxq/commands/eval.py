@@ -8,6 +8,10 @@ import sys
 
 from ..errors import OnnxqError
 
+#: exit status when a candidate produced NaN/Inf where the reference's output is finite
+#: (1: an error, 2: bad usage, 130/143: interrupted/terminated)
+EXIT_NONFINITE = 3
+
 
 def _int_at_least(minimum: int):
     """An argparse type: an integer >= ``minimum``."""
@@ -38,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "mean-pooled embeddings; any model: relative error of every output) and wall time."
     )
     parser.epilog = (
+        "NaN/Inf in an output are counted per output and per model; a candidate with NaN/Inf where the "
+        "reference is finite ranks last and the exit status is "
+        f"{EXIT_NONFINITE} (0: all candidates finite, 1: error, 2: bad usage).   "
         "examples:  onnxq eval model.onnx model-q4_k.onnx model-q8_0.onnx   |   "
         "onnxq eval ref.onnx cand.onnx --task outputs --dim batch=1 --dim seq=128 --json"
     )
@@ -107,4 +114,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise OnnxqError(f"--json-out {args.json_out}: cannot write ({exc.strerror})") from None
     sys.stdout.write(text + "\n" if args.json else report.format_table())
-    return 0
+    broken = report.nonfinite_candidates
+    for c in broken:
+        print(f"onnxq eval: {c.path}: {c.nonfinite_introduced} NaN/Inf value(s) where the reference is finite",
+              file=sys.stderr)
+    return EXIT_NONFINITE if broken else 0

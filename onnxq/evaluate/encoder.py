@@ -73,13 +73,15 @@ def encoder_feeds(model: TimedModel, batch: dict[str, np.ndarray]) -> dict[str, 
     return feeds
 
 
-def _embed(model: TimedModel, output: str, batch: dict[str, np.ndarray]) -> np.ndarray:
+def _embed(model: TimedModel, output: str, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled float64 embeddings [batch, dim], the raw output)."""
     hidden = model.run([output], encoder_feeds(model, batch))[0]
     rows = batch["input_ids"].shape[0]
     if hidden.ndim == 3 and hidden.shape[:2] == batch["input_ids"].shape:
-        return metrics.mean_pool(hidden, batch["attention_mask"])
+        with metrics.quiet():
+            return metrics.mean_pool(hidden, batch["attention_mask"]), hidden
     if hidden.ndim == 2 and hidden.shape[0] == rows:
-        return hidden.astype(np.float64)
+        return hidden.astype(np.float64), hidden
     raise ModelError(
         f"{model.path}: output {output!r} has shape {hidden.shape}; expected [batch, seq, dim] "
         f"with batch, seq = {batch['input_ids'].shape}, or pooled [batch, dim]"
@@ -117,32 +119,40 @@ def evaluate_encoder(
 
     cosines: list[list[np.ndarray]] = [[] for _ in candidates]
     sums = [[0.0, 0.0] for _ in candidates]  # ||cand - ref||^2, ||ref||^2 of the embeddings
+    ref_nonfinite: dict[str, int] = {}
+    cand_nonfinite: list[dict[str, int]] = [{} for _ in candidates]
     dim = None
     for batch in progress_bar(batches, "embeddings", "batch", progress):
-        ref_emb = _embed(reference, output, batch)
+        ref_emb, ref_raw = _embed(reference, output, batch)
+        metrics.add_counts(ref_nonfinite, metrics.count_nonfinite(ref_raw))
         dim = ref_emb.shape[1]
         for index, cand in enumerate(candidates):
-            cand_emb = _embed(cand, output, batch)
+            cand_emb, cand_raw = _embed(cand, output, batch)
             if cand_emb.shape != ref_emb.shape:
                 raise ModelError(
                     f"models do not match: {reference.path} gives embeddings {ref_emb.shape}, "
                     f"{cand.path} gives {cand_emb.shape}"
                 )
-            cosines[index].append(metrics.cosine_similarity(ref_emb, cand_emb))
-            diff2, ref2 = metrics.squared_norms(ref_emb, cand_emb)
+            # a pooled candidate of an unpooled reference: compare where both are pooled
+            pair = (ref_raw, cand_raw) if cand_raw.shape == ref_raw.shape else (ref_emb, cand_emb)
+            metrics.add_counts(cand_nonfinite[index], metrics.nonfinite_counts(*pair))
+            with metrics.quiet():
+                cosines[index].append(metrics.cosine_similarity(ref_emb, cand_emb))
+                diff2, ref2 = metrics.squared_norms(ref_emb, cand_emb)
             sums[index][0] += diff2
             sums[index][1] += ref2
 
     results = []
-    for cos_parts, (diff2, ref2) in zip(cosines, sums):
+    for cos_parts, (diff2, ref2), nonfinite in zip(cosines, sums, cand_nonfinite):
         cos = np.concatenate(cos_parts)
         results.append(
             {
                 "cosine_mean": float(cos.mean()),
-                "cosine_min": float(cos.min()),
+                "cosine_min": float(cos.min()),  # NaN when any sentence's cosine is NaN
                 "cosine_min_index": int(np.argmin(cos)),
                 "cosine_min_sentence": texts[int(np.argmin(cos))],
                 "relative_error": metrics.relative_error_from_sums(diff2, ref2),
+                "nonfinite": {output: nonfinite},
             }
         )
     data = {
@@ -157,4 +167,4 @@ def evaluate_encoder(
         "pooling": "mean over attention mask",
         "embedding_dim": dim,
     }
-    return data, {}, results
+    return data, {"nonfinite": {output: ref_nonfinite}}, results

@@ -14,7 +14,7 @@ Protocol (the one every quality claim of onnxq uses):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -46,6 +46,7 @@ class _Stats:
     kl_sum: float = 0.0
     kl_max: float = 0.0
     agree: int = 0
+    nonfinite: dict = field(default_factory=dict)  # NaN / Inf logits (and "introduced", candidates)
 
     def add(self, part: dict[str, Any], count: int) -> None:
         self.nll_sum += part["nll"]
@@ -53,14 +54,16 @@ class _Stats:
         self.count += count
         self.agree += part.get("agree", 0)
         self.kl_sum += part.get("kl", 0.0)
-        self.kl_max = max(self.kl_max, part.get("kl_max", 0.0))
+        self.kl_max = metrics.worst(self.kl_max, part.get("kl_max", 0.0))
 
-    def result(self, is_candidate: bool) -> dict[str, float]:
-        out = {
-            "perplexity": metrics.perplexity(self.nll_sum, self.count),
-            "mean_nll": self.nll_sum / self.count,
-            "next_token_accuracy": self.correct / self.count,
-        }
+    def result(self, is_candidate: bool, output: str) -> dict[str, Any]:
+        with metrics.quiet():
+            out: dict[str, Any] = {
+                "perplexity": metrics.perplexity(self.nll_sum, self.count),
+                "mean_nll": self.nll_sum / self.count,
+                "next_token_accuracy": self.correct / self.count,
+                "nonfinite": {output: dict(self.nonfinite)},
+            }
         if is_candidate:
             out["kl_divergence"] = self.kl_sum / self.count
             out["kl_max"] = self.kl_max
@@ -206,16 +209,19 @@ def evaluate_lm(
         if vocab is None:
             vocab = ref_logits.shape[-1]
             _check_ids(reference, windows, vocab)
+        metrics.add_counts(ref_stats.nonfinite, metrics.count_nonfinite(ref_logits))
         cand_logits = []
-        for cand in candidates:
+        for cand, stats in zip(candidates, cand_stats):
             logits = _window_logits(cand, output, window)
             if logits.shape[-1] != vocab:
                 raise ModelError(
                     f"models do not match: {reference.path} has {vocab} logits, {cand.path} has {logits.shape[-1]}"
                 )
+            metrics.add_counts(stats.nonfinite, metrics.nonfinite_counts(ref_logits, logits))
             cand_logits.append(logits[:-1])
         # row t of a window predicts token t + 1: the last row predicts nothing in the window
-        sums = metrics.lm_window_stats(ref_logits[:-1], cand_logits, np.asarray(window[1:]))
+        with metrics.quiet():
+            sums = metrics.lm_window_stats(ref_logits[:-1], cand_logits, np.asarray(window[1:]))
         del ref_logits, cand_logits
         ref_stats.add(sums["ref"], len(window) - 1)
         for stats, part in zip(cand_stats, sums["cands"]):
@@ -233,4 +239,4 @@ def evaluate_lm(
         "vocab_size": vocab,
         "output": output,
     }
-    return data, ref_stats.result(False), [s.result(True) for s in cand_stats]
+    return data, ref_stats.result(False, output), [s.result(True, output) for s in cand_stats]

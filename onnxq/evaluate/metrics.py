@@ -2,9 +2,16 @@
 
 Every function here is checked against hand-computed values in tests/test_eval_metrics.py;
 the evaluators only feed them model outputs.
+
+Non-finite numbers are results, not zeros: a NaN or Inf in a model's output makes the
+metrics it enters NaN or Inf (never silently dropped by a ``max``), :func:`nonfinite_counts`
+counts them, and numpy's RuntimeWarnings about them are silenced (``quiet``), since the
+report states them.
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -13,6 +20,43 @@ import numpy as np
 #: per array. Small blocks reused in place are several times faster than whole-array
 #: temporaries of hundreds of MB (page faults dominate those).
 _CHUNK_ROWS = 32
+
+
+#: numpy floating-point warnings are off where model outputs may hold NaN / Inf
+quiet = functools.partial(np.errstate, all="ignore")
+
+
+def worst(a: float, b: float) -> float:
+    """max(a, b) that keeps a NaN (Python's ``max`` drops it when it comes second)."""
+    if math.isnan(a) or math.isnan(b):
+        return float("nan")
+    return max(a, b)
+
+
+def count_nonfinite(values: np.ndarray) -> dict[str, int]:
+    """``{"nan": n, "inf": n}`` elements of ``values`` (Inf of either sign)."""
+    x = np.asarray(values)
+    if x.dtype.kind not in "fc":
+        return {"nan": 0, "inf": 0}
+    return {"nan": int(np.count_nonzero(np.isnan(x))), "inf": int(np.count_nonzero(np.isinf(x)))}
+
+
+def nonfinite_counts(ref: np.ndarray, cand: np.ndarray) -> dict[str, int]:
+    """The candidate's NaN and Inf elements, and ``introduced``: how many of them sit
+    where the reference's value is finite."""
+    counts = count_nonfinite(cand)
+    c = np.asarray(cand)
+    if c.dtype.kind in "fc" and counts["nan"] + counts["inf"]:
+        counts["introduced"] = int(np.count_nonzero(~np.isfinite(c) & np.isfinite(np.asarray(ref))))
+    else:
+        counts["introduced"] = 0
+    return counts
+
+
+def add_counts(total: dict[str, int], part: dict[str, int]) -> None:
+    """``total[k] += part[k]`` for every key of ``part`` (in place)."""
+    for key, value in part.items():
+        total[key] = total.get(key, 0) + value
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -135,7 +179,12 @@ def relative_error(ref: np.ndarray, cand: np.ndarray) -> float:
 
 
 def relative_error_from_sums(diff2: float, ref2: float) -> float:
-    """sqrt(diff2 / ref2) with the zero-reference cases of :func:`relative_error`."""
+    """sqrt(diff2 / ref2) with the zero-reference cases of :func:`relative_error`; NaN
+    when either sum is NaN, Inf when one is infinite (non-finite outputs)."""
+    if math.isnan(diff2) or math.isnan(ref2) or (math.isinf(diff2) and math.isinf(ref2)):
+        return float("nan")
+    if math.isinf(diff2) or math.isinf(ref2):
+        return float("inf") if math.isinf(diff2) else float("nan")
     if ref2 == 0.0:
         return 0.0 if diff2 == 0.0 else float("inf")
     return float(np.sqrt(diff2 / ref2))
@@ -195,5 +244,5 @@ def lm_window_stats(ref_logits: np.ndarray, cand_logits: Sequence[np.ndarray], t
             lq -= lp  # lq now holds log q - log p
             kl = np.maximum(-np.einsum("ij,ij->i", p, lq), 0.0)
             stats["kl"] += float(kl.sum())
-            stats["kl_max"] = max(stats["kl_max"], float(kl.max()))
+            stats["kl_max"] = worst(stats["kl_max"], float(kl.max()))
     return {"ref": ref, "cands": cands}

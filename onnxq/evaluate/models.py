@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from .. import runtime
 from ..errors import ModelError, OnnxqError
+from ..checks import check_input_model
 from ..modelio import check_model_file, load_model
 
 PathLike = Union[str, os.PathLike]
@@ -152,15 +153,24 @@ def _specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
 
 
 def open_model(path: PathLike, threads: int = 0) -> TimedModel:
-    """Validate ``path`` and create its session with onnxq's custom ops registered."""
+    """Validate ``path`` and create its session with onnxq's custom ops registered.
+
+    The session is the up-front check: when onnxruntime refuses the model,
+    :func:`onnxq.checks.check_input_model` names the cause (not ONNX, no nodes, missing
+    or short external data, an unknown domain / opset / op and its node) where it can. On
+    success the graph is not parsed a second time (for a 500 MB model that costs seconds).
+    """
     path = check_model_file(path)
     try:
         session = runtime.InferenceSession(path, session_options(threads), ["CPUExecutionProvider"])
     except OnnxqError:
         raise  # e.g. the op library is missing: the runtime's message says what to do
     except Exception as exc:
-        load_model(path)  # names a file that is not ONNX at all more clearly than onnxruntime
+        check_input_model(load_model(path), path)  # clearer than onnxruntime's message
         raise ModelError(f"{path}: onnxruntime cannot load the model: {_first_line(exc)}") from None
+    if not session.get_outputs():
+        load_model(path)  # a graph without nodes: says so
+        raise ModelError(f"{path}: the model has no outputs to evaluate")
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     return TimedModel(
         path=path,

@@ -230,9 +230,14 @@ def evaluate_outputs(
 
     sums = [{n: [0.0, 0.0] for n in names} for _ in candidates]
     max_abs = [{n: 0.0 for n in names} for _ in candidates]
+    cand_nonfinite: list[dict[str, dict[str, int]]] = [{n: {} for n in names} for _ in candidates]
+    ref_nonfinite: dict[str, dict[str, int]] = {n: {} for n in names}
     work = [(r, feeds) for r in range(repeat) for feeds in sets]
     for rep, feeds in progress_bar(work, "outputs", "run", progress):
         ref_out = reference.run(names, feeds)
+        if not rep:
+            for name, r in zip(names, ref_out):
+                metrics.add_counts(ref_nonfinite[name], metrics.count_nonfinite(r))
         for index, cand in enumerate(candidates):
             cand_out = cand.run(names, feeds)
             if rep:
@@ -243,21 +248,20 @@ def evaluate_outputs(
                         f"models do not match: output {name!r} has shape {list(r.shape)} in {reference.path} "
                         f"but {list(c.shape)} in {cand.path}"
                     )
-                diff2, ref2 = metrics.squared_norms(r, c)
-                sums[index][name][0] += diff2
-                sums[index][name][1] += ref2
-                err = metrics.max_abs_error(r, c)
-                if err is not None:
-                    max_abs[index][name] = max(max_abs[index][name], err)
+                _compare(r, c, sums[index][name], max_abs[index], name, cand_nonfinite[index][name])
 
     results = []
     for index in range(len(candidates)):
         rel = {n: metrics.relative_error_from_sums(*sums[index][n]) for n in names}
+        worst = 0.0
+        for value in rel.values():
+            worst = metrics.worst(worst, value)
         results.append(
             {
-                "relative_error": max(rel.values()),
+                "relative_error": worst,
                 "relative_errors": rel,
                 "max_abs_errors": max_abs[index],
+                "nonfinite": cand_nonfinite[index],
             }
         )
     data.update(
@@ -268,4 +272,16 @@ def evaluate_outputs(
             "repeat": repeat,
         }
     )
-    return data, {}, results
+    return data, {"nonfinite": ref_nonfinite}, results
+
+
+def _compare(ref: np.ndarray, cand: np.ndarray, sums: list, max_abs: dict, name: str, nonfinite: dict) -> None:
+    """Add one output's squared norms, largest difference and non-finite counts."""
+    with metrics.quiet():
+        diff2, ref2 = metrics.squared_norms(ref, cand)
+        sums[0] += diff2
+        sums[1] += ref2
+        err = metrics.max_abs_error(ref, cand)
+    if err is not None:
+        max_abs[name] = metrics.worst(max_abs[name], err)
+    metrics.add_counts(nonfinite, metrics.nonfinite_counts(ref, cand))

@@ -14,20 +14,43 @@ TASK_TITLES = {
 }
 
 
+#: per task: the metric that ranks candidates, and whether larger is better
+RANK_METRICS = {"lm": ("kl_divergence", False), "encoder": ("cosine_mean", True), "outputs": ("relative_error", False)}
+
+
 @dataclass
 class ModelResult:
-    """One model's numbers: task metrics and the wall time of its timed runs."""
+    """One model's numbers: task metrics and the wall time of its timed runs.
+
+    ``metrics["nonfinite"]`` maps each compared output to its NaN and Inf counts (and, for
+    candidates, ``introduced``: those where the reference is finite).
+    """
 
     path: str
     seconds: float
     runs: int
     metrics: dict[str, Any] = field(default_factory=dict)
     time_ratio: Optional[float] = None  # seconds / reference seconds (candidates only)
+    rank: Optional[int] = None  # 1 = best candidate (candidates only)
+
+    @property
+    def nonfinite_values(self) -> int:
+        """NaN + Inf elements over every compared output."""
+        return sum(c.get("nan", 0) + c.get("inf", 0) for c in self.metrics.get("nonfinite", {}).values())
+
+    @property
+    def nonfinite_introduced(self) -> int:
+        """Non-finite elements where the reference's value is finite."""
+        return sum(c.get("introduced", 0) for c in self.metrics.get("nonfinite", {}).values())
 
     def to_dict(self) -> dict[str, Any]:
         out = {"path": self.path, "seconds": self.seconds, "runs": self.runs, **self.metrics}
+        out["nonfinite_values"] = self.nonfinite_values
         if self.time_ratio is not None:
             out["time_ratio"] = self.time_ratio
+        if self.rank is not None:
+            out["rank"] = self.rank
+            out["nonfinite_introduced"] = self.nonfinite_introduced
         return out
 
 
@@ -40,6 +63,23 @@ class EvalReport:
     candidates: list[ModelResult]
     data: dict[str, Any]
     settings: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        metric, larger_is_better = RANK_METRICS.get(self.task, RANK_METRICS["outputs"])
+
+        def key(item: tuple[int, ModelResult]) -> tuple:
+            index, result = item
+            value = float(result.metrics.get(metric, math.nan))
+            broken = result.nonfinite_introduced > 0 or not math.isfinite(value)
+            return (broken, 0.0 if broken else (-value if larger_is_better else value), index)
+
+        for rank, (_, result) in enumerate(sorted(enumerate(self.candidates), key=key), start=1):
+            result.rank = rank
+
+    @property
+    def nonfinite_candidates(self) -> list[ModelResult]:
+        """Candidates whose outputs hold NaN/Inf where the reference's are finite."""
+        return [c for c in self.candidates if c.nonfinite_introduced > 0]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable dict (non-finite floats become strings "inf"/"nan")."""
@@ -100,8 +140,9 @@ class EvalReport:
             cells = [tag, _name(m.path)]
             for _, cell, candidates_only in columns:
                 cells.append("" if candidates_only and m is ref else cell(m, ref))
-            rows.append(cells + [_seconds(m.seconds), _ratio(m, ref)])
-        return ["", "model"] + [c[0] for c in columns] + ["seconds", "time/ref"], rows
+            rank = "" if m.rank is None else str(m.rank)
+            rows.append(cells + [str(m.nonfinite_values), rank, _seconds(m.seconds), _ratio(m, ref)])
+        return ["", "model"] + [c[0] for c in columns] + ["NaN/Inf", "rank", "seconds", "time/ref"], rows
 
     def _footer(self) -> list[str]:
         lines = []
@@ -117,8 +158,24 @@ class EvalReport:
                 text = text if len(text) <= 60 else text[:57] + "..."
                 lines.append(f"#{i + 1} lowest cosine {c.metrics['cosine_min']:.6f} on sentence "
                              f"{c.metrics['cosine_min_index'] + 1}: {text!r}")
+        lines.extend(self._nonfinite_lines())
         paths = [f"ref = {self.reference.path}"] + [f"#{i + 1} = {c.path}" for i, c in enumerate(self.candidates)]
         lines.append("; ".join(paths))
+        return lines
+
+    def _nonfinite_lines(self) -> list[str]:
+        lines = []
+        tagged = [("ref", self.reference)] + [(f"#{i + 1}", c) for i, c in enumerate(self.candidates)]
+        for tag, m in tagged:
+            parts = [
+                f"{n} {c.get('nan', 0)} NaN, {c.get('inf', 0)} Inf"
+                + (f" ({c['introduced']} where the reference is finite)" if "introduced" in c else "")
+                for n, c in m.metrics.get("nonfinite", {}).items()
+                if c.get("nan", 0) + c.get("inf", 0)
+            ]
+            if parts:
+                verdict = ": ranked last" if m.nonfinite_introduced else ""
+                lines.append(f"{tag} non-finite outputs: " + "; ".join(parts) + verdict)
         return lines
 
 

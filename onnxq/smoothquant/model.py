@@ -7,6 +7,7 @@ import onnx
 from onnx import TensorProto
 
 from ..calibrate import CalibrationCache, calibrate
+from ..checks import check_input_model
 from ..errors import ModelError
 from ..modelio import check_output_path, load_model, model_dir, save_model
 from ..sites import LinearSite
@@ -54,6 +55,7 @@ def quantize_model(
         format = "qdq" if config.quantize_activations else "dynamic"
     out = check_output_path(input_path, output_path)
     model = load_model(input_path)
+    check_input_model(model, input_path)
     base_dir = model_dir(input_path)
     cache = CalibrationCache(calibration_data, model, batch_size=batch_size,
                              max_samples=config.num_calibration_samples)

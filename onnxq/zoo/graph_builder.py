@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -18,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .. import tempfiles
 from ..errors import ModelError, OutputPathError
 
 OPSET = 17
@@ -263,19 +263,13 @@ _INIT_KEY = _field_key(onnx.GraphProto, "initializer")
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[str]:
-    """Yield a temp file name beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temp file name beside ``path`` (onnxq's locked kind, see
+    :mod:`onnxq.tempfiles`); on success it replaces ``path``, on error it is removed."""
+    tempfiles.remove_stale(str(path.parent))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = tempfiles.TempFile(str(path.parent), path.name)
     except OSError as exc:
         raise OutputPathError(f"cannot write {path}: {exc}") from exc
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with tmp:
+        yield tmp.path
+        tmp.commit(str(path))

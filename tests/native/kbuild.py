@@ -108,3 +108,42 @@ def dynamic_deps(readelf: str, lib: str) -> tuple[set[str], set[str]]:
         if len(f) >= 8 and f[4] in ("GLOBAL", "WEAK") and f[6] != "UND" and f[3] in ("FUNC", "OBJECT"):
             exported.add(f[7].split("@")[0])
     return needed, exported
+
+
+def ops_library(flags: list[str], name: str = "libonnxq_ops") -> str:
+    """The whole custom-op library as a shared object built with ``flags`` (e.g. ASAN):
+    the kernel objects of :func:`objects` (shared with the C tests) plus the onnxruntime
+    glue (cython_kernels/ops/ops_*.c), cached the same way; returns its path."""
+    cc = compiler()
+    kernels = [o for o in objects(flags) if os.path.basename(o).startswith("kernels_")]
+    glue = sorted(os.path.join(OPS, f) for f in os.listdir(OPS) if f.endswith(".c") and not f.startswith("kernels_"))
+    # the glue keeps ABI-mandated parameters it does not use; only RegisterCustomOps is exported
+    glue_flags = BASE_FLAGS + ["-Wno-unused-parameter", "-fvisibility=hidden"] + flags
+    h = hashlib.sha256(" ".join([cc or ""] + glue_flags + kernels).encode())
+    for path in glue + [p for p in _inputs() if p.endswith(".h")] + [os.path.join(OPS, f) for f in os.listdir(OPS)]:
+        with open(path, "rb") as fh:
+            h.update(path.encode() + fh.read())
+    out_dir = os.path.join(tempfile.gettempdir(), "onnxq-kernel-tests", h.hexdigest()[:16])
+    out = os.path.join(out_dir, name + ".so")
+    if os.path.exists(out):
+        return out
+    os.makedirs(out_dir, exist_ok=True)
+    objs = [os.path.join(out_dir, os.path.basename(s)[:-2] + ".o") for s in glue]
+
+    def one(pair):
+        src, obj = pair
+        tmp = obj + f".{os.getpid()}.tmp"
+        res = subprocess.run([cc, *glue_flags, "-c", src, "-o", tmp], capture_output=True, text=True)
+        if res.returncode != 0 or "warning" in res.stderr:
+            raise RuntimeError(f"compiling {src} failed:\n{res.stderr}")
+        os.replace(tmp, obj)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(pool.map(one, zip(glue, objs)))
+    tmp = out + f".{os.getpid()}.tmp"
+    res = subprocess.run([cc, *flags, "-shared", *kernels, *objs, "-o", tmp, "-Wl,-z,defs", "-lpthread", "-lm"],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"linking {out} failed:\n{res.stderr}")
+    os.replace(tmp, out)
+    return out
