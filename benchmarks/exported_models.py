@@ -81,7 +81,9 @@ def variants(name: str, calib: Path, sweep: bool) -> Dict[str, List[str]]:
         out["ggml q4_k"] = ["--type", "q4_k"]
     if sweep:
         out["smoothquant alpha 0.5"] = out["smoothquant"] + ["--alpha", "0.5"]
-        for window, count in ((64, 32), (128, 32), (512, 32), (256, 16), (256, 64)):
+        windows = ((64, 32), (128, 32)) if llm else ((32, 32), (64, 32), (128, 32), (512, 32), (64, 64), (256, 16),
+                                                    (256, 64))
+        for window, count in windows:
             out[f"smoothquant window {window}x{count}"] = out["smoothquant"] + [
                 "--calib-window", str(window), "--calib-windows", str(count)]
     return out
@@ -139,6 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--exports", type=Path, default=DEFAULT_EXPORTS, help=f"full-size exports (default {DEFAULT_EXPORTS})")
     parser.add_argument("--only", help="comma-separated export names (default: all)")
     parser.add_argument("--sweep", action="store_true", help="also alpha 0.5 and calibration window settings")
+    parser.add_argument("--sweep-only", help="comma-separated exports the sweep applies to (default: all measured)")
     parser.add_argument("--exporter-python", default=sys.executable, help="python with the exporters, to build missing exports")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
@@ -153,7 +156,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         calib = work / "calibration.txt"
         calib.write_text(python_reference_text(), encoding="utf-8")
         for name in names:
-            results[name] = measure(name, args.exports, work, calib, args.sweep)
+            sweep = args.sweep and (not args.sweep_only or name in args.sweep_only.split(","))
+            results[name] = measure(name, args.exports, work, calib, sweep)
             print(table({name: results[name]}), flush=True)
     print(table(results))
     if args.json:

@@ -176,3 +176,17 @@ def test_smoothing_alone_keeps_every_export_exact(name, tmp_path):
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
     for r, g in zip(ref, got):
         assert np.linalg.norm(g - r) <= 1e-5 * np.linalg.norm(r)
+
+
+@pytest.mark.parametrize("name,recipe,keep", [("dynamo-smollm2", "q4_k_m", "node_linear_1"),
+                                              ("optimum-minilm", "encoder-q6", "*layer.0/attention/self/key*")])
+def test_default_recipe_is_the_measured_best_for_the_kind_of_model(name, recipe, keep, tmp_path):
+    """No --type/--recipe: q4_k_m for a language model (a head), encoder-q6 for an encoder;
+    --keep still applies over it."""
+    report = tmp_path / "r.json"
+    assert main(["quantize", str(model(name)), "-o", str(tmp_path / "q.onnx"), "-q", "--keep", keep,
+                 "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["recipe"]["name"] == recipe and data["warnings"] == []
+    kept = [layer["name"] for layer in data["layers"] if layer["method"] == "keep"]
+    assert len(kept) == 1 and keep.strip("*") in kept[0], kept

@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--type", help="one GGML type for every layer: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k")
     what.add_argument(
         "--recipe",
-        help=f"a recipe file (.json/.yaml) or a preset: {', '.join(preset_names())} (default: q5_k_m)",
+        help=f"a recipe file (.json/.yaml) or a preset: {', '.join(preset_names())} (default: q4_k_m for a language model, encoder-q6 for an encoder: the measured best of each)",
     )
     parser.add_argument("--method", choices=("ggml", "smoothquant"), default="ggml",
                         help="ggml (default): GGML blocks via --type/--recipe; smoothquant: whole-model W8A8")
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.alpha is not None or args.format is not None or args.weight_type is not None:
         if not args.recipe:
             raise RecipeError("--alpha/--format/--weight-type apply to --method smoothquant or recipes with smoothquant layers")
-    from ..pipeline import quantize, resolve_recipe
-    from ..recipe import with_keep_rules
+    from ..pipeline import quantize
     from ..smoothquant.step import smoothquant_recipe
 
     sq_options = {}
@@ -116,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
     if args.weight_type is not None:
         sq_options["weight_type"] = args.weight_type
     qtype, recipe = (None, smoothquant_recipe()) if smoothquant else (args.type, args.recipe)
-    if args.keep:
-        qtype, recipe = None, with_keep_rules(resolve_recipe(qtype, recipe, args.mode), args.keep)
     calib, imatrix_data = _calibration_sources(args)
     report = quantize(
         args.input,
@@ -132,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         awq=({"explicit_mul": True} if args.awq_explicit_mul else True) if args.awq else None,
         threads=args.threads,
         calibration_batches=args.calib_batches,
+        keep=args.keep,
         progress=not args.quiet,
     )
     for warning in report.warnings:
