@@ -111,3 +111,17 @@ def test_unknown_model_input_is_still_refused_by_name():
     proto = load_model(model("dynamo-smollm2"))
     with pytest.raises(CalibrationError, match="'token_type_ids', which the model does not have"):
         CalibrationCache([{"input_ids": IDS, "token_type_ids": IDS * 0}], proto)
+
+
+def test_eval_cli_runs_kv_cache_exports_from_their_tokenizer(capsys):
+    """Issue 13: 'onnxq eval could not run the genai model even in float'. Task and tokenizer
+    come from the export itself (input_ids + logits; tokenizer.json beside it)."""
+    from onnxq.cli import main
+
+    for name in ("genai-smollm2", "optimum-smollm2"):
+        assert main(["eval", str(model(name)), str(model(name)), "--max-tokens", "200", "--ctx", "100", "--json",
+                     "--quiet"]) == 0
+        report = __import__("json").loads(capsys.readouterr().out)
+        assert report["task"] == "lm" and report["data"]["predicted_tokens"] == 198
+        assert report["candidates"][0]["kl_divergence"] == 0.0
+        assert report["settings"]["tokenizer"].endswith(f"{name}/tokenizer.json")

@@ -31,11 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="GGML matmul mode for layers whose rule does not say: exact (float activations, "
                              "the default) or fast (activations quantized to 8-bit blocks, as ggml)")
     parser.add_argument("--imatrix-data", metavar="DATA",
-                        help="calibration inputs (.npz, one array per model input) to compute an importance "
-                             "matrix, or an imatrix .npz saved with --save-imatrix")
+                        help="calibration inputs (.npz, one array per model input; input_ids alone will do) to "
+                             "compute an importance matrix, or an imatrix .npz saved with --save-imatrix")
     parser.add_argument("--save-imatrix", metavar="FILE.npz", help="save the importance matrix for reuse")
     parser.add_argument("--calib", metavar="DATA",
-                        help="calibration inputs (.npz) for SmoothQuant (whole model or recipe layers) and --awq")
+                        help="calibration inputs (.npz; input_ids alone will do) for SmoothQuant (whole model or "
+                             "recipe layers) and --awq")
     text = parser.add_argument_group(
         "calibration from text (windows of token ids; the model's other inputs, such as attention_mask, "
         "position_ids and an empty KV cache, are synthesized)")
@@ -60,7 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="leave layers whose node or weight name matches GLOB in float (repeatable; "
                              "overrides the recipe, e.g. --keep '*layers.0/mlp/down_proj*')")
     parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
-    parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
+    parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (the default: per-group "
+                                        "search, the measured best)")
     parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
     parser.add_argument("--weight-type", choices=("uint8", "int8"),
                         help="SmoothQuant int8 weight storage: uint8 with zero point 128 (default; u8u8 kernels, "
