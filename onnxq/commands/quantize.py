@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
 #: the options that name calibration data: (flag, metavar, help)
 _DATA_OPTIONS = (
-    ("--imatrix-data", "DATA", "calibration inputs (.npz, one array per model input) to compute an importance "
-                               "matrix, or an imatrix .npz saved with --save-imatrix"),
+    ("--imatrix-data", "DATA", "calibration inputs (.npz, one array per model input; input_ids alone will do) to "
+                               "compute an importance matrix, or an imatrix .npz saved with --save-imatrix"),
     ("--save-imatrix", "FILE.npz", "save the importance matrix for reuse"),
-    ("--calib", "DATA", "calibration inputs (.npz) for SmoothQuant (whole model or recipe layers), --awq, "
-                        "mode auto and budgets"),
+    ("--calib", "DATA", "calibration inputs (.npz; input_ids alone will do) for SmoothQuant (whole model or "
+                        "recipe layers), --awq, mode auto and budgets"),
 )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from ..presets import preset_names
+    from ..text_inputs import DEFAULT_WINDOW, DEFAULT_WINDOWS
 
     parser.add_argument("input", nargs="?", help="the ONNX model to quantize (never modified)")
     parser.add_argument("-o", "--output", help="where to write the quantized model")
@@ -31,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--type", help="one GGML type for every layer: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k")
     what.add_argument(
         "--recipe",
-        help=f"a recipe file (.json/.yaml) or a preset: {', '.join(preset_names())} (default: q5_k_m)",
+        help=f"a recipe file (.json/.yaml) or a preset: {', '.join(preset_names())} (default: q4_k_m for a language model, encoder-q6 for an encoder: the measured best of each)",
     )
     parser.add_argument("--method", choices=("ggml", "smoothquant"), default="ggml",
                         help="ggml (default): GGML blocks via --type/--recipe; smoothquant: whole-model W8A8")
@@ -55,6 +57,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "that reproduces the file byte for byte")
     for flag, metavar, text in _DATA_OPTIONS:
         parser.add_argument(flag, metavar=metavar, help=text)
+    text = parser.add_argument_group(
+        "calibration from text (windows of token ids; the model's other inputs, such as attention_mask, "
+        "position_ids and an empty KV cache, are synthesized)")
+    text.add_argument("--calib-text", metavar="FILE.txt",
+                      help="UTF-8 text to calibrate SmoothQuant / --awq on (instead of --calib)")
+    text.add_argument("--imatrix-text", metavar="FILE.txt",
+                      help="UTF-8 text to compute the importance matrix on (instead of --imatrix-data)")
+    text.add_argument("--tokenizer", metavar="tokenizer.json",
+                      help="tokenizer for the text (default: the tokenizer.json beside the input model, as optimum "
+                           "and onnxruntime-genai write it)")
+    text.add_argument("--calib-window", type=int, metavar="TOKENS", default=DEFAULT_WINDOW,
+                      help=f"tokens per calibration window (default {DEFAULT_WINDOW})")
+    text.add_argument("--calib-windows", type=int, metavar="N", default=DEFAULT_WINDOWS,
+                      help=f"windows spread over the text (default {DEFAULT_WINDOWS})")
     parser.add_argument("--awq", action="store_true",
                         help="activation-aware weight scaling of the GGML layers before packing (needs --calib "
                              "or --imatrix-data with model inputs); 1/s is folded into the producing norm/Mul")
@@ -65,7 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="leave layers whose node or weight name matches GLOB in float (repeatable; "
                              "overrides the recipe, e.g. --keep '*layers.0/mlp/down_proj*')")
     parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
-    parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
+    parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (the default: per-group "
+                                        "search, the measured best)")
     parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
     parser.add_argument("--weight-type", choices=("uint8", "int8"),
                         help="SmoothQuant int8 weight storage: uint8 with zero point 128 (default; u8u8 kernels, "
@@ -105,15 +122,15 @@ def run(args: argparse.Namespace) -> int:
     if smoothquant:
         if args.awq:
             raise OnnxqError("--awq applies to GGML layers, not --method smoothquant")
-        if args.type or args.recipe or args.imatrix_data or args.mode:
-            raise OnnxqError("--method smoothquant takes --calib/--alpha/--format, not --type/--recipe/--imatrix-data/--mode")
-        if not args.calib:
-            raise OnnxqError("--method smoothquant needs calibration inputs: --calib DATA.npz")
+        if args.type or args.recipe or args.imatrix_data or args.imatrix_text or args.mode:
+            raise OnnxqError("--method smoothquant takes --calib/--calib-text/--alpha/--format, not "
+                             "--type/--recipe/--imatrix-data/--imatrix-text/--mode")
+        if not args.calib and not args.calib_text:
+            raise OnnxqError("--method smoothquant needs calibration inputs: --calib DATA.npz or --calib-text FILE.txt")
     elif args.alpha is not None or args.format is not None or args.weight_type is not None:
         if not args.recipe:
             raise RecipeError("--alpha/--format/--weight-type apply to --method smoothquant or recipes with smoothquant layers")
-    from ..pipeline import quantize, resolve_recipe
-    from ..recipe import with_keep_rules
+    from ..pipeline import quantize
     from ..smoothquant.step import smoothquant_recipe
 
     sq_options = {}
@@ -124,22 +141,22 @@ def run(args: argparse.Namespace) -> int:
     if args.weight_type is not None:
         sq_options["weight_type"] = args.weight_type
     qtype, recipe = (None, smoothquant_recipe()) if smoothquant else (args.type, args.recipe)
-    if args.keep:
-        qtype, recipe = None, with_keep_rules(resolve_recipe(qtype, recipe, args.mode), args.keep)
+    calib, imatrix_data = _calibration_sources(args)
     report = quantize(
         args.input,
         args.output,
         type=qtype,
         recipe=recipe,
         mode=args.mode,
-        imatrix_data=args.imatrix_data,
+        imatrix_data=imatrix_data,
         save_imatrix=None if smoothquant else args.save_imatrix,
-        calibration_data=args.calib,
+        calibration_data=calib,
         smoothquant_options=sq_options,
         awq=({"explicit_mul": True} if args.awq_explicit_mul else True) if args.awq else None,
         threads=args.threads,
         calibration_batches=args.calib_batches,
         auto_threshold=args.auto_threshold,
+        keep=args.keep,
         progress=not args.quiet,
     )
     _print_report(args, report)
@@ -156,9 +173,10 @@ def _run_budget(args: argparse.Namespace) -> int:
                if given]
     if clashes:
         raise OnnxqError(f"a budget chooses every layer's type: {clashes[0]} does not go with --target-bpw/--target-size")
+    calib, imatrix_data = _calibration_sources(args)
     report = quantize_to_budget(
         args.input, args.output, target_bpw=args.target_bpw, target_size=args.target_size,
-        calibration_data=args.calib or args.imatrix_data, save_recipe=args.save_recipe, mode=args.mode,
+        calibration_data=calib if calib is not None else imatrix_data, save_recipe=args.save_recipe, mode=args.mode,
         auto_threshold=args.auto_threshold, threads=args.threads, progress=not args.quiet,
     )
     if not args.quiet:
@@ -187,6 +205,36 @@ def _print_report(args: argparse.Namespace, report) -> None:
     if args.report:
         with open(args.report, "w", encoding="utf-8") as fh:
             json.dump(report.to_dict(), fh, indent=2)
+
+
+def _calibration_sources(args: argparse.Namespace):
+    """(calibration data, imatrix data): the given .npz paths, or windows of token ids from
+    --calib-text / --imatrix-text (one source when both name the same file)."""
+    from ..errors import OnnxqError
+    from ..text_inputs import resolve_text_tokenizer, text_batches
+
+    for flag, file_flag, text_flag in (("calib", "--calib", "--calib-text"),
+                                       ("imatrix_data", "--imatrix-data", "--imatrix-text")):
+        text_attr = "calib_text" if flag == "calib" else "imatrix_text"
+        if getattr(args, flag) and getattr(args, text_attr):
+            raise OnnxqError(f"give {file_flag} or {text_flag}, not both")
+    if args.calib_window < 2 or args.calib_windows < 1:
+        raise OnnxqError(f"--calib-window must be >= 2 and --calib-windows >= 1, got {args.calib_window} "
+                         f"and {args.calib_windows}")
+    texts = [t for t in (args.calib_text, args.imatrix_text) if t]
+    if not texts:
+        if args.tokenizer:
+            raise OnnxqError("--tokenizer applies to --calib-text / --imatrix-text")
+        return args.calib, args.imatrix_data
+    tokenizer = resolve_text_tokenizer(args.tokenizer, args.input)
+    made = {}
+    for path in texts:
+        key = os.path.abspath(path)
+        if key not in made:
+            made[key] = text_batches(path, tokenizer, window=args.calib_window, windows=args.calib_windows)
+    calib = made[os.path.abspath(args.calib_text)] if args.calib_text else args.calib
+    imatrix = made[os.path.abspath(args.imatrix_text)] if args.imatrix_text else args.imatrix_data
+    return calib, imatrix
 
 
 def _alpha(text: str):

@@ -18,6 +18,7 @@ from . import metrics
 from ..corpora import SentenceSet
 from .models import TimedModel
 from .progress import progress_bar
+from ..text_inputs import encode_batch, pad_id as _pad_id
 from .tokenizer import copy_tokenizer
 
 DEFAULT_BATCH_SIZE = 16
@@ -30,47 +31,14 @@ def embedding_output(model: TimedModel) -> str:
     return model.output_for("last_hidden_state", "embeddings")
 
 
-def _pad_id(tokenizer: Any) -> int:
-    padding = tokenizer.padding
-    if padding and padding.get("pad_id") is not None:
-        return int(padding["pad_id"])
-    for token in ("[PAD]", "<pad>", "<|pad|>"):
-        token_id = tokenizer.token_to_id(token)
-        if token_id is not None:
-            return int(token_id)
-    return 0  # masked out by the attention mask; any valid id will do
-
-
-def encode_batch(tokenizer: Any, sentences: Sequence[str], pad_id: int) -> dict[str, np.ndarray]:
-    """int64 input_ids, attention_mask and token_type_ids [B, S], padded on the right."""
-    encodings = tokenizer.encode_batch(list(sentences))
-    length = max(len(e.ids) for e in encodings)
-    ids = np.full((len(encodings), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(encodings), length), dtype=np.int64)
-    types = np.zeros((len(encodings), length), dtype=np.int64)
-    for row, enc in enumerate(encodings):
-        n = len(enc.ids)
-        ids[row, :n] = enc.ids
-        mask[row, :n] = 1
-        types[row, :n] = enc.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
 def encoder_feeds(model: TimedModel, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The batch arrays the model takes, in its dtypes; an unknown input is an error."""
-    feeds = {}
-    for spec in model.inputs:
-        if spec.name not in batch:
-            raise ModelError(
-                f"{model.path}: encoder input {spec.name!r} is not one evaluation can fill "
-                "(known: input_ids, attention_mask, token_type_ids); use --task outputs with --inputs"
-            )
-        feeds[spec.name] = batch[spec.name].astype(spec.dtype, copy=False)
-    if "input_ids" not in feeds:
+    """The batch arrays the model takes; inputs the batch lacks synthesized (see
+    :class:`onnxq.model_inputs.ModelInputs`); anything else is an error naming the input."""
+    if "input_ids" not in model.input_names:
         raise ModelError(
             f"{model.path}: an encoder needs an input named 'input_ids' (inputs: {', '.join(model.input_names)})"
         )
-    return feeds
+    return model.feeds_from(batch, "encoder batch")
 
 
 def _embed(model: TimedModel, output: str, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

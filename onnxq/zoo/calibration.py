@@ -189,20 +189,48 @@ def default_batches(model_path: str, progress: bool = True) -> Tuple[Optional[Li
     writes its own text (:func:`self_generated_batches`, 4 x 128 tokens); an encoder gets
     the 16 :data:`CALIBRATION_SENTENCES` in its tokenizer. (None, why) when the model's
     kind or tokenizer is unknown (no ``onnxq.model.*`` metadata)."""
+    from ..errors import ModelError
     from .metadata import read_metadata
 
     meta = read_metadata(model_path)
     kind, family = meta.get("onnxq.model.kind"), meta.get("onnxq.model.family")
     if family is None or kind is None:
-        return None, "the model has no onnxq.model.kind/family metadata naming its tokenizer"
+        return exported_batches(model_path)
     if kind in ("causal-lm", "causal-lm-kv"):
-        batches = self_generated_batches(model_path, DEFAULT_SEQUENCES, DEFAULT_LENGTH, progress=progress)
+        try:
+            batches = self_generated_batches(model_path, DEFAULT_SEQUENCES, DEFAULT_LENGTH, progress=progress)
+        except ModelError as exc:  # e.g. a family whose tokenizer the zoo does not have: the caller says why
+            return None, f"no self-generated text: {exc}"
         return batches, (f"self-generated: {DEFAULT_SEQUENCES} x {DEFAULT_LENGTH} tokens sampled from the float "
                          "model, one-word prompts")
     if kind == "encoder":
         return sentence_batches(model_path, CALIBRATION_SENTENCES), \
             f"{len(CALIBRATION_SENTENCES)} shipped calibration sentences (onnxq.zoo.calibration)"
     return None, f"no default calibration text for a model of kind {kind!r}"
+
+
+def exported_batches(model_path: str) -> Tuple[Optional[List[Dict[str, np.ndarray]]], str]:
+    """:func:`default_batches` for a model as an exporter wrote it (no onnxq metadata) with its
+    tokenizer.json beside it: a language model (a ``logits`` output) gets DEFAULT_SEQUENCES
+    windows of DEFAULT_LENGTH tokens of :func:`python_reference_text`, an encoder the
+    :data:`CALIBRATION_SENTENCES`; the model's other inputs are synthesized per batch."""
+    from ..modelio import load_model
+    from ..text_inputs import TOKENIZER_FILE, copy_tokenizer, encode_batch, load_tokenizer, pad_id, \
+        tokenizer_beside, window_batches
+
+    found = tokenizer_beside(model_path)
+    if found is None:
+        return None, f"the model has no onnxq.model.kind/family metadata and no {TOKENIZER_FILE} beside it"
+    tokenizer = load_tokenizer(found)
+    if any(o.name == "logits" for o in load_model(model_path).graph.output):
+        batches = window_batches(python_reference_text(), tokenizer, window=DEFAULT_LENGTH, windows=DEFAULT_SEQUENCES)
+        return batches, (f"{len(batches)} windows of {DEFAULT_LENGTH} tokens of Python Reference text "
+                         f"(onnxq.zoo.calibration) in {found}")
+    tok = copy_tokenizer(tokenizer)
+    tok.no_padding()
+    tok.no_truncation()
+    return ([encode_batch(tok, CALIBRATION_SENTENCES, pad_id(tokenizer))],
+            f"{len(CALIBRATION_SENTENCES)} shipped calibration sentences (onnxq.zoo.calibration) in {found}")
 
 
 def sentence_batches(model_path: str, sentences: List[str]) -> List[Dict[str, np.ndarray]]:
