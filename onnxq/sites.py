@@ -49,6 +49,11 @@ class ModelGraph:
         self.constant_nodes: Dict[str, NodeProto] = {
             n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output and _constant_tensor(n) is not None
         }
+        # torch's exporter stores a value once and hands it out through Identity nodes
+        self.aliases: Dict[str, str] = {}
+        for node in graph.node:
+            if node.op_type == "Identity" and node.output and self.is_constant(node.input[0]):
+                self.aliases[node.output[0]] = self.aliases.get(node.input[0], node.input[0])
 
     def producer(self, tensor: str) -> Optional[NodeProto]:
         return self._producer.get(tensor)
@@ -63,15 +68,17 @@ class ModelGraph:
         return self.nodes[name]
 
     def is_constant(self, name: str) -> bool:
-        """True for an initializer that a graph input cannot override, or a Constant node output."""
+        """True for an initializer that a graph input cannot override, a Constant node
+        output, or an Identity of either."""
         if name in self.initializers:
             return name not in self.graph_inputs
-        return name in self.constant_nodes
+        return name in self.constant_nodes or name in self.aliases
 
     def constant_value(self, name: str, base_dir: Optional[str] = None) -> np.ndarray:
-        """Value of a constant tensor (initializer or Constant node)."""
+        """Value of a constant tensor (initializer or Constant node, maybe through Identity)."""
         from .modelio import get_initializer_array
 
+        name = self.aliases.get(name, name)
         if name in self.initializers:
             return get_initializer_array(self.model, self.initializers[name], base_dir)
         node = self.constant_nodes.get(name)
@@ -81,6 +88,7 @@ class ModelGraph:
 
     def constant_tensor(self, name: str) -> Optional[TensorProto]:
         """The TensorProto of a constant (initializer or Constant node value), else None."""
+        name = self.aliases.get(name, name)
         if name in self.initializers:
             return self.initializers[name]
         node = self.constant_nodes.get(name)
@@ -277,7 +285,10 @@ def find_sites(model: onnx.ModelProto) -> Analysis:
     analysis = Analysis()
     weight_users: Dict[str, int] = {}
     for node in model.graph.node:
+        if node.output and node.output[0] in graph.aliases:
+            continue  # an Identity of a constant: its readers count as the constant's
         for name in node.input:
+            name = graph.aliases.get(name, name)
             if name in graph.initializers:
                 weight_users[name] = weight_users.get(name, 0) + 1
 
@@ -334,7 +345,7 @@ def find_sites(model: onnx.ModelProto) -> Analysis:
     tied = {h for e in analysis.embeddings for h in e.tied_heads}
     final: List[LinearSite] = []
     for site in analysis.linear:
-        shared = weight_users.get(site.weight, 0) > 1
+        shared = weight_users.get(graph.aliases.get(site.weight, site.weight), 0) > 1
         if site.name in tied:
             site = _replace(site, role="head", weight_shared=True)
         elif shared:
