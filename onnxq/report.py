@@ -73,6 +73,8 @@ class QuantizeReport:
     imatrix_tensors: int = 0
     smoothquant: Any = None
     awq: Any = None
+    #: graph changes besides quantization (fused ops opened up)
+    notes: List[str] = field(default_factory=list)
 
     # -- summaries
     def by_method(self) -> List[TypeSummary]:
@@ -134,6 +136,7 @@ class QuantizeReport:
         lines.append(f"model file: {format_bytes(self.input_bytes)} -> {format_bytes(self.output_bytes)}{ratio}")
         if self.awq is not None:
             lines.append(self.awq.summary())
+        lines.extend(f"note: {n}" for n in self.notes)
         if self.skipped:
             lines.append("skipped: " + summarize_skipped(self.skipped))
         return "\n".join(lines)
@@ -155,6 +158,7 @@ class QuantizeReport:
             "layers": [record(l, _LAYER_KEYS) for l in self.layers],
             "skipped": [record(s, ("node", "op_type", "reason")) for s in self.skipped],
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
             "smoothquant": self.smoothquant.to_dict() if self.smoothquant is not None else None,
             "awq": self.awq.to_dict() if self.awq is not None else None,
         }

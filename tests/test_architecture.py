@@ -23,7 +23,7 @@ FLOORS = {
     "onnxq.modelio": FLOOR, "onnxq.graph_edit": FLOOR, "onnxq.sites": FLOOR, "onnxq.folding": FLOOR,
     "onnxq.calibrate": FLOOR, "onnxq.formats": FLOOR, "onnxq.plan": FLOOR, "onnxq.recipe": FLOOR,
     "onnxq.presets": FLOOR, "onnxq.passes": FLOOR, "onnxq.report": FLOOR, "onnxq.corpora": FLOOR,
-    "onnxq.runtime": FLOOR,
+    "onnxq.runtime": FLOOR, "onnxq.norms": FLOOR, "onnxq.roles": FLOOR, "onnxq.fused_ops": FLOOR,
     "onnxq.ggml": WING, "onnxq.smoothquant": WING,
     "onnxq.pipeline": TOP, "onnxq.inspect_model": TOP, "onnxq.evaluate": TOP, "onnxq.zoo": TOP,
     "onnxq.convert": TOP, "onnxq.gguf": TOP, "onnxq.budget": TOP, "onnxq.portable": TOP,
