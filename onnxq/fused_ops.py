@@ -306,9 +306,10 @@ WEIGHT_MIN_ELEMENTS = 1024
 
 
 def weights_left_float(model: onnx.ModelProto, analysis: Analysis) -> List[Skipped]:
-    """Every float constant of 2+ dimensions (``WEIGHT_MIN_ELEMENTS`` or more) that no
-    linear or embedding site of ``analysis`` reads, once per reading node, with the
-    reason it stays float. Nodes ``analysis.skipped`` already explains are left out."""
+    """Every float constant of 2+ dimensions that no linear or embedding site of
+    ``analysis`` reads (a fused op's weight input, or any other of ``WEIGHT_MIN_ELEMENTS``
+    or more), once per reading node, with the reason it stays float. Nodes
+    ``analysis.skipped`` already explains are left out."""
     graph = ModelGraph(model)
     claimed = {graph.aliases.get(n, n) for n in [s.weight for s in analysis.linear] + [e.table for e in analysis.embeddings]}
     explained = {s.node for s in analysis.skipped}
@@ -316,12 +317,14 @@ def weights_left_float(model: onnx.ModelProto, analysis: Analysis) -> List[Skipp
     for node in model.graph.node:
         if node.name in explained or node.op_type == "Identity":
             continue
+        rule = _rule(node)
         for i, name in enumerate(node.input):
             source = graph.aliases.get(name, name)
             if not name or source in claimed or not graph.is_constant(name):
                 continue
             shape = graph.constant_shape(name) or ()
-            if len(shape) < 2 or int(np.prod(shape, dtype=np.int64)) < WEIGHT_MIN_ELEMENTS:
+            small = int(np.prod(shape, dtype=np.int64)) < WEIGHT_MIN_ELEMENTS
+            if len(shape) < 2 or (small and (rule is None or i not in rule.weights)):
                 continue
             if graph.constant_dtype(name) not in FLOAT_TYPES:
                 continue
