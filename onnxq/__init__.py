@@ -12,7 +12,8 @@ method wing never imports the other wing, and only ``cli`` imports ``commands``
     pipeline, inspect_model, evaluate/, zoo/         run, measure, real models
     ggml/            smoothquant/                    the method wings
     sites, folding, calibrate, formats, plan, recipe, presets, passes, report,
-    modelio, graph_edit, corpora, runtime            the shared floor
+    modelio, graph_edit, corpora, runtime,
+    model_inputs, text_inputs                        the shared floor
     errors, units, _version                          the base
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ _LAZY: dict[str, str] = {
     "SmoothQuantConfig": "onnxq.smoothquant",
     "SmoothQuantizer": "onnxq.smoothquant",
     "MigrationAnalyzer": "onnxq.smoothquant",
+    "text_batches": "onnxq.text_inputs",
+    "ModelInputs": "onnxq.model_inputs",
 }
 
 __all__ = [

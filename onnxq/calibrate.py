@@ -15,9 +15,12 @@ Calibration data can be any of:
 * an ``.npz`` file (or a dict of arrays) with one array per model input whose leading
   axis is the sample axis; samples are cut into batches of ``batch_size``.
 
-Every batch is checked against the model's inputs (names, dtypes, ranks, fixed
-dimensions) and a mismatch raises :class:`~onnxq.errors.CalibrationError` naming the
-input, what the model expects and what the data holds.
+A batch may hold only the token ids: the standard inputs exported language models also
+take (attention mask, position ids, token type ids, empty past key/values) are synthesized
+per batch by :class:`onnxq.model_inputs.ModelInputs`. Every batch is then checked against
+the model's inputs (names, dtypes, ranks, fixed dimensions) and a mismatch raises
+:class:`~onnxq.errors.CalibrationError` naming the input, what the model expects and what
+the data holds.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import numpy as np
 import onnx
 
 from .errors import CalibrationError, ModelError
+from .model_inputs import InputSpec, ModelInputs, format_shape, model_input_specs
 
 __all__ = [
     "TensorStats",
@@ -287,41 +291,6 @@ class TensorStats:
 # --------------------------------------------------------------------------- data input
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    dtype: np.dtype
-    shape: tuple  # ints for fixed dims, str/None for symbolic ones
-
-
-def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The graph inputs that are not initializers, with dtype and (symbolic) shape."""
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        except Exception as exc:  # pragma: no cover - exotic element types
-            raise ModelError(f"model input {vi.name!r} has an unsupported element type {tt.elem_type}") from exc
-        if tt.HasField("shape"):
-            shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-            )
-        else:
-            shape = None
-        specs.append(InputSpec(vi.name, dtype, shape))
-    return specs
-
-
-def _fmt_shape(shape: Optional[tuple]) -> str:
-    if shape is None:
-        return "[any shape]"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 def validate_batch(batch: Mapping[str, Any], specs: Sequence[InputSpec], index: int) -> dict[str, np.ndarray]:
     """Check one batch against the model inputs; return it as a dict of arrays."""
     if not isinstance(batch, Mapping):
@@ -341,7 +310,7 @@ def validate_batch(batch: Mapping[str, Any], specs: Sequence[InputSpec], index: 
         if spec.name not in batch:
             raise CalibrationError(
                 f"calibration batch {index} is missing model input {spec.name!r}: expected "
-                f"{spec.dtype} {_fmt_shape(spec.shape)}, got only {sorted(batch)}"
+                f"{spec.dtype} {format_shape(spec.shape)}, got only {sorted(batch)}"
             )
         arr = np.asarray(batch[spec.name])
         if arr.dtype != spec.dtype:
@@ -356,7 +325,7 @@ def validate_batch(batch: Mapping[str, Any], specs: Sequence[InputSpec], index: 
             if bad:
                 raise CalibrationError(
                     f"calibration input {spec.name!r} (batch {index}): expected shape "
-                    f"{_fmt_shape(spec.shape)}, got {list(arr.shape)}"
+                    f"{format_shape(spec.shape)}, got {list(arr.shape)}"
                 )
         out[spec.name] = arr
     return out
@@ -430,7 +399,7 @@ class CalibrationCache:
 
     def __init__(self, data: CalibrationData, model: onnx.ModelProto, batch_size: int = 8,
                  max_batches: Optional[int] = None, max_samples: Optional[int] = None) -> None:
-        specs = model_input_specs(model)
+        inputs = ModelInputs.of(model)
         self.batches: list[dict[str, np.ndarray]] = []
         samples = 0
         for i, batch in enumerate(iter_batches(data, batch_size)):
@@ -438,7 +407,7 @@ class CalibrationCache:
                 break
             if max_samples is not None and samples >= max_samples:
                 break
-            batch = validate_batch(batch, specs, i)
+            batch = validate_batch(inputs.complete(batch, f"calibration batch {i}"), inputs.specs, i)
             n = _batch_len(batch)
             if max_samples is not None and n is not None and samples + n > max_samples:
                 keep = max_samples - samples
@@ -606,11 +575,11 @@ def calibrate_many(
     proto, base_dir = _load(model, base_dir)
     if isinstance(data, CalibrationCache):
         source: Iterable[dict] = data
-        specs = None
+        inputs = None
         total: Optional[int] = len(data)
     else:
         source = iter_batches(data, batch_size)
-        specs = model_input_specs(proto)
+        inputs: Optional[ModelInputs] = ModelInputs.of(proto)
         try:
             total = len(data)  # type: ignore[arg-type]
         except Exception:
@@ -627,7 +596,9 @@ def calibrate_many(
         for i, batch in enumerate(source):
             if max_batches is not None and i >= max_batches:
                 break
-            outputs = session.run(batch if specs is None else validate_batch(batch, specs, i))
+            if inputs is not None:
+                batch = validate_batch(inputs.complete(batch, f"calibration batch {i}"), inputs.specs, i)
+            outputs = session.run(batch)
             for key, request in requests.items():
                 _fold_batch(stats[key], request, outputs, i, rngs[key])
             seen += 1

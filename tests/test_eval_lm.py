@@ -135,9 +135,18 @@ def test_empty_and_too_short_corpora(lm_files, tmp_path):
 def test_unknown_family_without_tokenizer_says_how_to_pass_one(lm_files):
     with pytest.raises(ModelError, match=r"toy-lm.*--tokenizer"):
         evaluate(lm_files["ref"], lm_files["ref"], progress=False)
-    no_family = save(toy_lm(family=None), lm_files["root"] / "nofamily.onnx")
-    with pytest.raises(ModelError, match=r"no onnxq.model.family metadata.*--tokenizer"):
-        evaluate(no_family, no_family, progress=False)
+    alone = lm_files["root"] / "alone"
+    alone.mkdir(exist_ok=True)
+    no_family = save(toy_lm(family=None), alone / "nofamily.onnx")
+    with pytest.raises(ModelError, match=r"no onnxq.model.family metadata and there is no tokenizer.json.*--tokenizer"):
+        evaluate(no_family, no_family, task="lm", progress=False)
+
+
+def test_tokenizer_json_beside_an_exported_model_is_the_default(lm_files):
+    no_family = save(toy_lm(family=None), lm_files["root"] / "exported.onnx")
+    report = evaluate(no_family, no_family, task="lm", ctx=64, max_tokens=200, progress=False)
+    assert report.settings["tokenizer"] == str(lm_files["tokenizer_path"])
+    assert report.data["predicted_tokens"] > 100
 
 
 def test_tokenizer_that_does_not_fit_the_model(lm_files, tmp_path):

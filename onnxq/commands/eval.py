@@ -45,9 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("candidates", nargs="+", metavar="candidate", help="model(s) to compare with the reference")
     parser.add_argument(
         "--task", choices=["auto", "lm", "encoder", "outputs"], default="auto",
-        help="what to measure (default: from the reference's onnxq.model.kind metadata; outputs when unknown)",
+        help="what to measure (default: from the reference's onnxq.model.kind metadata, else lm / encoder for a model "
+             "with input_ids and a logits / last_hidden_state output when a tokenizer is known; outputs otherwise)",
     )
-    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: onnxq.zoo's for the model family)")
+    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: onnxq.zoo's for the model family, else the tokenizer.json beside the reference)")
     parser.add_argument("--threads", metavar="N", type=_non_negative, default=0, help="intra-op threads per session (default 0: onnxruntime's choice)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     parser.add_argument("--json-out", metavar="FILE", help="also write the JSON report to FILE")

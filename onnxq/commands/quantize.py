@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from ..presets import preset_names
+    from ..text_inputs import DEFAULT_WINDOW, DEFAULT_WINDOWS
 
     parser.add_argument("input", nargs="?", help="the ONNX model to quantize (never modified)")
     parser.add_argument("-o", "--output", help="where to write the quantized model")
@@ -34,6 +36,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-imatrix", metavar="FILE.npz", help="save the importance matrix for reuse")
     parser.add_argument("--calib", metavar="DATA",
                         help="calibration inputs (.npz) for SmoothQuant (whole model or recipe layers) and --awq")
+    text = parser.add_argument_group(
+        "calibration from text (windows of token ids; the model's other inputs, such as attention_mask, "
+        "position_ids and an empty KV cache, are synthesized)")
+    text.add_argument("--calib-text", metavar="FILE.txt",
+                      help="UTF-8 text to calibrate SmoothQuant / --awq on (instead of --calib)")
+    text.add_argument("--imatrix-text", metavar="FILE.txt",
+                      help="UTF-8 text to compute the importance matrix on (instead of --imatrix-data)")
+    text.add_argument("--tokenizer", metavar="tokenizer.json",
+                      help="tokenizer for the text (default: the tokenizer.json beside the input model, as optimum "
+                           "and onnxruntime-genai write it)")
+    text.add_argument("--calib-window", type=int, metavar="TOKENS", default=DEFAULT_WINDOW,
+                      help=f"tokens per calibration window (default {DEFAULT_WINDOW})")
+    text.add_argument("--calib-windows", type=int, metavar="N", default=DEFAULT_WINDOWS,
+                      help=f"windows spread over the text (default {DEFAULT_WINDOWS})")
     parser.add_argument("--awq", action="store_true",
                         help="activation-aware weight scaling of the GGML layers before packing (needs --calib "
                              "or --imatrix-data with model inputs); 1/s is folded into the producing norm/Mul")
@@ -80,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
     if smoothquant:
         if args.awq:
             raise OnnxqError("--awq applies to GGML layers, not --method smoothquant")
-        if args.type or args.recipe or args.imatrix_data or args.mode:
-            raise OnnxqError("--method smoothquant takes --calib/--alpha/--format, not --type/--recipe/--imatrix-data/--mode")
-        if not args.calib:
-            raise OnnxqError("--method smoothquant needs calibration inputs: --calib DATA.npz")
+        if args.type or args.recipe or args.imatrix_data or args.imatrix_text or args.mode:
+            raise OnnxqError("--method smoothquant takes --calib/--calib-text/--alpha/--format, not "
+                             "--type/--recipe/--imatrix-data/--imatrix-text/--mode")
+        if not args.calib and not args.calib_text:
+            raise OnnxqError("--method smoothquant needs calibration inputs: --calib DATA.npz or --calib-text FILE.txt")
     elif args.alpha is not None or args.format is not None or args.weight_type is not None:
         if not args.recipe:
             raise RecipeError("--alpha/--format/--weight-type apply to --method smoothquant or recipes with smoothquant layers")
@@ -101,15 +118,16 @@ def run(args: argparse.Namespace) -> int:
     qtype, recipe = (None, smoothquant_recipe()) if smoothquant else (args.type, args.recipe)
     if args.keep:
         qtype, recipe = None, with_keep_rules(resolve_recipe(qtype, recipe, args.mode), args.keep)
+    calib, imatrix_data = _calibration_sources(args)
     report = quantize(
         args.input,
         args.output,
         type=qtype,
         recipe=recipe,
         mode=args.mode,
-        imatrix_data=args.imatrix_data,
+        imatrix_data=imatrix_data,
         save_imatrix=None if smoothquant else args.save_imatrix,
-        calibration_data=args.calib,
+        calibration_data=calib,
         smoothquant_options=sq_options,
         awq=({"explicit_mul": True} if args.awq_explicit_mul else True) if args.awq else None,
         threads=args.threads,
@@ -132,6 +150,36 @@ def run(args: argparse.Namespace) -> int:
         with open(args.report, "w", encoding="utf-8") as fh:
             json.dump(report.to_dict(), fh, indent=2)
     return 0
+
+
+def _calibration_sources(args: argparse.Namespace):
+    """(calibration data, imatrix data): the given .npz paths, or windows of token ids from
+    --calib-text / --imatrix-text (one source when both name the same file)."""
+    from ..errors import OnnxqError
+    from ..text_inputs import resolve_text_tokenizer, text_batches
+
+    for flag, file_flag, text_flag in (("calib", "--calib", "--calib-text"),
+                                       ("imatrix_data", "--imatrix-data", "--imatrix-text")):
+        text_attr = "calib_text" if flag == "calib" else "imatrix_text"
+        if getattr(args, flag) and getattr(args, text_attr):
+            raise OnnxqError(f"give {file_flag} or {text_flag}, not both")
+    if args.calib_window < 2 or args.calib_windows < 1:
+        raise OnnxqError(f"--calib-window must be >= 2 and --calib-windows >= 1, got {args.calib_window} "
+                         f"and {args.calib_windows}")
+    texts = [t for t in (args.calib_text, args.imatrix_text) if t]
+    if not texts:
+        if args.tokenizer:
+            raise OnnxqError("--tokenizer applies to --calib-text / --imatrix-text")
+        return args.calib, args.imatrix_data
+    tokenizer = resolve_text_tokenizer(args.tokenizer, args.input)
+    made = {}
+    for path in texts:
+        key = os.path.abspath(path)
+        if key not in made:
+            made[key] = text_batches(path, tokenizer, window=args.calib_window, windows=args.calib_windows)
+    calib = made[os.path.abspath(args.calib_text)] if args.calib_text else args.calib
+    imatrix = made[os.path.abspath(args.imatrix_text)] if args.imatrix_text else args.imatrix_data
+    return calib, imatrix
 
 
 def _alpha(text: str):

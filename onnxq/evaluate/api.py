@@ -15,6 +15,7 @@ from . import outputs as outputs_eval
 from ..corpora import Corpus, SentenceSet, resolve_corpus, resolve_sentences
 from .models import KIND_KEY, TimedModel, check_same_interface, open_model
 from .report import EvalReport, ModelResult
+from ..text_inputs import tokenizer_beside
 from .tokenizer import resolve_tokenizer
 
 PathLike = Union[str, os.PathLike]
@@ -24,8 +25,15 @@ TASKS = ("lm", "encoder", "outputs")
 KIND_TASKS = {"causal-lm": "lm", "causal-lm-kv": "lm", "encoder": "encoder"}
 
 
-def detect_task(reference: TimedModel, task: Optional[str]) -> tuple[str, str]:
-    """(task, why): the given task, else from the reference's kind metadata, else outputs."""
+#: output name -> task, for models without onnxq's kind metadata (the names transformers
+#: exporters give: optimum, torch.onnx, onnxruntime-genai, onnxruntime's optimizer)
+OUTPUT_TASKS = {"logits": "lm", "last_hidden_state": "encoder"}
+
+
+def detect_task(reference: TimedModel, task: Optional[str], has_tokenizer: bool = False) -> tuple[str, str]:
+    """(task, why): the given task, else from the reference's kind metadata, else, when there
+    is a tokenizer (given, or a tokenizer.json beside the reference), from its interface
+    (``input_ids`` in, ``logits`` or ``last_hidden_state`` out), else outputs."""
     if task not in (None, "auto"):
         if task not in TASKS:
             raise OnnxqError(f"unknown task {task!r}: expected one of auto, {', '.join(TASKS)}")
@@ -34,6 +42,10 @@ def detect_task(reference: TimedModel, task: Optional[str]) -> tuple[str, str]:
     if kind in KIND_TASKS:
         return KIND_TASKS[kind], f"{KIND_KEY}={kind}"
     why = f"{KIND_KEY}={kind} is not a known kind" if kind else f"no {KIND_KEY} metadata"
+    if "input_ids" in reference.input_names and (has_tokenizer or tokenizer_beside(reference.path)):
+        for output, found in OUTPUT_TASKS.items():
+            if output in reference.output_names:
+                return found, f"{why}; input 'input_ids' and output {output!r}"
     return "outputs", f"{why}: comparing outputs"
 
 
@@ -74,7 +86,7 @@ def evaluate(
         raise OnnxqError(f"unknown task {task!r}: expected one of auto, {', '.join(TASKS)}")
     ref = open_model(reference, threads)
     cands = [open_model(p, threads) for p in cand_paths]
-    task_name, task_source = detect_task(ref, task)
+    task_name, task_source = detect_task(ref, task, tokenizer is not None)
 
     settings: dict[str, Any] = {
         "task_source": task_source,

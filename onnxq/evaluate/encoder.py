@@ -57,20 +57,13 @@ def encode_batch(tokenizer: Any, sentences: Sequence[str], pad_id: int) -> dict[
 
 
 def encoder_feeds(model: TimedModel, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The batch arrays the model takes, in its dtypes; an unknown input is an error."""
-    feeds = {}
-    for spec in model.inputs:
-        if spec.name not in batch:
-            raise ModelError(
-                f"{model.path}: encoder input {spec.name!r} is not one evaluation can fill "
-                "(known: input_ids, attention_mask, token_type_ids); use --task outputs with --inputs"
-            )
-        feeds[spec.name] = batch[spec.name].astype(spec.dtype, copy=False)
-    if "input_ids" not in feeds:
+    """The batch arrays the model takes; inputs the batch lacks synthesized (see
+    :class:`onnxq.model_inputs.ModelInputs`); anything else is an error naming the input."""
+    if "input_ids" not in model.input_names:
         raise ModelError(
             f"{model.path}: an encoder needs an input named 'input_ids' (inputs: {', '.join(model.input_names)})"
         )
-    return feeds
+    return model.feeds_from(batch, "encoder batch")
 
 
 def _embed(model: TimedModel, output: str, batch: dict[str, np.ndarray]) -> np.ndarray:

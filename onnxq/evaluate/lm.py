@@ -23,7 +23,7 @@ from ..errors import ModelError
 from . import metrics
 from ..corpora import Corpus
 from ..errors import DataError
-from .models import TensorSpec, TimedModel
+from .models import TimedModel
 from .progress import progress_bar
 from .tokenizer import copy_tokenizer
 
@@ -73,46 +73,17 @@ def logits_output(model: TimedModel) -> str:
     return model.output_for("logits", "logits")
 
 
-def _past_shape(spec: TensorSpec) -> tuple[int, ...]:
-    # An empty cache: symbolic batch dims are 1, every other symbolic dim (the past
-    # length) is 0; static dims (heads, head size) are kept.
-    shape = []
-    for dim in spec.shape:
-        if isinstance(dim, int) and dim >= 0:
-            shape.append(dim)
-        elif isinstance(dim, str) and "batch" in dim.lower():
-            shape.append(1)
-        else:
-            shape.append(0)
-    return tuple(shape)
-
-
 def lm_feeds(model: TimedModel, tokens: Sequence[int]) -> dict[str, np.ndarray]:
-    """Inputs for one window: input_ids [1, n]; attention_mask ones; position_ids 0..n-1;
-    past key/value inputs (KV-cache models) empty."""
-    n = len(tokens)
-    feeds: dict[str, np.ndarray] = {}
-    for spec in model.inputs:
-        name = spec.name.lower()
-        if spec.name == "input_ids":
-            feeds[spec.name] = np.asarray(tokens, dtype=spec.dtype).reshape(1, n)
-        elif "attention_mask" in name:
-            feeds[spec.name] = np.ones((1, n), dtype=spec.dtype)
-        elif "position_ids" in name:
-            feeds[spec.name] = np.arange(n, dtype=spec.dtype).reshape(1, n)
-        elif name.startswith("past"):
-            feeds[spec.name] = np.zeros(_past_shape(spec), dtype=spec.dtype)
-        else:
-            raise ModelError(
-                f"{model.path}: language-model input {spec.name!r} is not one evaluation can fill "
-                "(known: input_ids, attention_mask, position_ids, past_*); use --task outputs with --inputs"
-            )
-    if "input_ids" not in feeds:
+    """Inputs for one window: input_ids [1, n]; the other inputs a language model takes
+    (attention mask, position ids, an empty past for KV-cache models) synthesized by
+    :class:`onnxq.model_inputs.ModelInputs`, in the model's dtypes."""
+    if "input_ids" not in model.input_names:
         raise ModelError(
             f"{model.path}: a language model needs an input named 'input_ids' "
             f"(inputs: {', '.join(model.input_names)})"
         )
-    return feeds
+    return model.feeds_from({"input_ids": np.asarray(tokens, dtype=np.int64).reshape(1, len(tokens))},
+                            "language-model window")
 
 
 def tokenize_corpus(tokenizer: Any, corpus: Corpus) -> list[int]:

@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from .. import runtime
 from ..errors import ModelError, OnnxqError
+from ..model_inputs import ModelInputs
 from ..modelio import check_model_file, load_model
 
 PathLike = Union[str, os.PathLike]
@@ -69,6 +70,7 @@ class TimedModel:
     seconds: float = 0.0
     runs: int = 0
     _proto: Optional[onnx.ModelProto] = field(default=None, repr=False)
+    _interface: Optional[ModelInputs] = field(default=None, repr=False)
 
     @property
     def proto(self) -> onnx.ModelProto:
@@ -76,6 +78,23 @@ class TimedModel:
         if self._proto is None:
             self._proto = load_model(self.path)
         return self._proto
+
+    @property
+    def interface(self) -> ModelInputs:
+        """The model's inputs and how the ones a text task does not give are synthesized."""
+        if self._interface is None:
+            self._interface = ModelInputs.of(self.proto, self.path)
+        return self._interface
+
+    def feeds_from(self, batch: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+        """The inputs for one run from ``batch`` (token ids, maybe a mask): the arrays the model
+        takes, the rest synthesized; ModelError naming the model for anything else."""
+        interface = self.interface
+        given = {k: v for k, v in batch.items() if k in interface.by_name}
+        try:
+            return interface.complete(given, f"{self.path}: {what}")
+        except OnnxqError as exc:
+            raise ModelError(str(exc)) from None
 
     @property
     def family(self) -> Optional[str]:

@@ -1,30 +1,22 @@
 """Find the tokenizer for a language model or encoder under evaluation."""
 from __future__ import annotations
 
-import importlib
 import os
-from pathlib import Path
 from typing import Any, Union
 
 from ..errors import ModelError, OnnxqError
+from ..text_inputs import TOKENIZER_FILE, copy_tokenizer, load_tokenizer, tokenizer_beside, tokenizers_module
 from .models import FAMILY_KEY, TimedModel
 
+__all__ = ["resolve_tokenizer", "copy_tokenizer"]
+
 PathLike = Union[str, os.PathLike]
-
-
-def _tokenizers_module() -> Any:
-    try:
-        return importlib.import_module("tokenizers")
-    except ImportError:
-        raise OnnxqError(
-            "evaluating a language model or encoder needs the 'tokenizers' package: pip install 'onnxq[models]'"
-        ) from None
 
 
 def _backend(tokenizer: Any) -> Any:
     """The ``tokenizers.Tokenizer`` of ``tokenizer``: itself, or the ``backend`` of a wrapper
     such as onnxq.zoo's tokenizers."""
-    tokenizers = _tokenizers_module()
+    tokenizers = tokenizers_module()
     if isinstance(tokenizer, tokenizers.Tokenizer):
         return tokenizer
     backend = getattr(tokenizer, "backend", None)
@@ -40,26 +32,21 @@ def resolve_tokenizer(tokenizer: Any, reference: TimedModel) -> tuple[Any, str]:
 
     ``tokenizer`` is a ``tokenizers.Tokenizer`` (or a wrapper with one as ``.backend``), a
     path to a tokenizer.json, or None: then onnxq.zoo's tokenizer for the model family
-    recorded in the reference's metadata.
+    recorded in the reference's metadata, else the tokenizer.json beside the reference (as
+    optimum and onnxruntime-genai write it).
     """
-    tokenizers = _tokenizers_module()
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return _backend(tokenizer), "given"
     if tokenizer is not None:
-        path = Path(tokenizer)
-        if not path.is_file():
-            raise OnnxqError(f"tokenizer {os.fspath(tokenizer)}: no such file (expected a tokenizer.json)")
-        try:
-            return tokenizers.Tokenizer.from_file(os.fspath(path)), os.fspath(path)
-        except Exception as exc:
-            raise OnnxqError(
-                f"tokenizer {os.fspath(tokenizer)}: not a tokenizers JSON file ({str(exc).splitlines()[0]})"
-            ) from None
+        return load_tokenizer(tokenizer), os.fspath(tokenizer)
     family = reference.family
-    hint = "pass --tokenizer PATH/TO/tokenizer.json (Python: evaluate(..., tokenizer=...))"
     if not family:
+        beside = tokenizer_beside(reference.path)
+        if beside is not None:
+            return load_tokenizer(beside), os.fspath(beside)
         raise ModelError(
-            f"{reference.path}: no known tokenizer: the model has no {FAMILY_KEY} metadata; {hint}"
+            f"{reference.path}: no known tokenizer: the model has no {FAMILY_KEY} metadata and there is no "
+            f"{TOKENIZER_FILE} beside it; pass --tokenizer PATH/TO/tokenizer.json (Python: evaluate(..., tokenizer=...))"
         )
     from .. import zoo
 
@@ -67,17 +54,7 @@ def resolve_tokenizer(tokenizer: Any, reference: TimedModel) -> tuple[Any, str]:
         loaded = zoo.load_tokenizer(family)
     except Exception as exc:
         raise ModelError(
-            f"{reference.path}: no known tokenizer for model family {family!r} ({str(exc).splitlines()[0]}); {hint}"
+            f"{reference.path}: no known tokenizer for model family {family!r} ({str(exc).splitlines()[0]}); "
+            "pass --tokenizer PATH/TO/tokenizer.json (Python: evaluate(..., tokenizer=...))"
         ) from None
     return _backend(loaded), f"onnxq.zoo:{family}"
-
-
-def copy_tokenizer(tokenizer: Any) -> Any:
-    """An independent copy, so padding/truncation can be set without touching the caller's.
-
-    Strings that look like special tokens (``<|im_start|>``, ``[CLS]``) in the evaluated
-    text are tokenized as plain text, as llama.cpp does by default: the data is text."""
-    tokenizers = _tokenizers_module()
-    copy = tokenizers.Tokenizer.from_str(tokenizer.to_str())
-    copy.encode_special_tokens = True
-    return copy

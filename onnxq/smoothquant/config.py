@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 from ..errors import RecipeError
 from ..plan import parse_alpha
 
-__all__ = ["SmoothQuantConfig", "DEFAULT_ALPHA_GRID", "resolve_alpha"]
+__all__ = ["SmoothQuantConfig", "DEFAULT_ALPHA_GRID", "resolve_alpha", "searches_alpha"]
 
 DEFAULT_ALPHA_GRID: Tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -16,7 +16,12 @@ DEFAULT_ALPHA_GRID: Tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 class SmoothQuantConfig:
     """How SmoothQuant W8A8 smooths and quantizes.
 
-    alpha: migration strength exponent in s_j = max|X_j|^alpha / max|W_j|^(1-alpha).
+    alpha: migration strength exponent in s_j = max|X_j|^alpha / max|W_j|^(1-alpha), a
+        number in [0, 1], or "auto" (the default): per group of sites sharing an input, the
+        value of ``alpha_grid`` (or no smoothing) with the smallest simulated W8A8 output
+        error on held-out calibration rows. The measured best (README: SmolLM2-135M +3.9 %
+        perplexity with "auto" against +19.1 % at 0.5; all-MiniLM-L6-v2 cosine 0.9938
+        against 0.9883), so it is the default; it needs sampled activation rows.
     num_calibration_samples: use at most this many calibration batches (None: all).
     activation_percentile: None clips activations at their calibrated min/max (MinMax);
         e.g. 99.99 clips the 0.01 % tails (percentile from streaming histograms).
@@ -40,7 +45,7 @@ class SmoothQuantConfig:
         least this fraction; folded groups are smoothed whenever it lowers the error.
     """
 
-    alpha: float = 0.5
+    alpha: Union[float, str] = "auto"
     num_calibration_samples: Optional[int] = None
     activation_percentile: Optional[float] = None
     per_channel: bool = True
@@ -56,8 +61,7 @@ class SmoothQuantConfig:
     explicit_mul_min_gain: float = 0.25
 
     def __post_init__(self) -> None:
-        if parse_alpha(self.alpha, "SmoothQuant alpha") == "auto":
-            raise RecipeError("SmoothQuantConfig.alpha is a number; pass alpha='auto' to the pass for the search")
+        self.alpha = parse_alpha(self.alpha, "SmoothQuant alpha")
         if not 0.0 <= float(self.migration_strength) <= 1.0:
             raise RecipeError(f"migration_strength must be in [0, 1], got {self.migration_strength}")
         if self.activation_percentile is not None and not 0.0 < float(self.activation_percentile) <= 100.0:
@@ -84,10 +88,22 @@ def resolve_alpha(spec: Any, keys: Sequence[str], config: SmoothQuantConfig) -> 
     ``{group input or site name: alpha}`` looked up by ``keys`` (the group's input, then its
     sites; not found: ``config.alpha``)."""
     if spec is None:
-        return float(config.alpha)
+        return config.alpha
     if isinstance(spec, Mapping):
         for key in keys:
             if key in spec:
                 return parse_alpha(spec[key], f"alpha of {key!r}")
-        return float(config.alpha)
+        return config.alpha
     return parse_alpha(spec)
+
+
+def searches_alpha(spec: Any, config: SmoothQuantConfig, covers_all: bool = False) -> bool:
+    """True when some group's alpha resolves to "auto" (the search needs sampled rows and
+    held-out batches): ``spec`` as :func:`resolve_alpha` takes it; ``covers_all``: a mapping
+    names every group, so ``config.alpha`` is never its fallback."""
+    if spec is None:
+        return config.alpha == "auto"
+    if isinstance(spec, Mapping):
+        return (any(parse_alpha(v) == "auto" for v in spec.values())
+                or (not covers_all and config.alpha == "auto"))
+    return parse_alpha(spec) == "auto"

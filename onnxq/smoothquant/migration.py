@@ -263,6 +263,8 @@ class MigrationAnalyzer:
         for name in self.groups:
             a = alpha.get(name, self.config.alpha) if isinstance(alpha, Mapping) else (
                 self.config.alpha if alpha is None else alpha)
+            if a == "auto":
+                a = self.find_optimal_alpha([name], metric=metric, include_unsmoothed=True)[name].alpha
             plain = self.site_errors(name, None, metric)
             smooth = self.site_errors(name, a, metric) if a is not None else plain
             for site in plain:

@@ -11,7 +11,7 @@ from ..errors import ModelError
 from ..modelio import check_output_path, load_model, model_dir, save_model
 from ..sites import LinearSite
 from .apply import AlphaSpec, apply_smoothquant, required_tensors
-from .config import SmoothQuantConfig
+from .config import SmoothQuantConfig, searches_alpha
 from .migration import Metric, relative_mse
 from .report import SmoothQuantReport
 
@@ -39,7 +39,9 @@ def quantize_model(
     """Quantize the ONNX model at ``input_path`` with SmoothQuant W8A8; write ``output_path``.
 
     ``calibration_data``: a CalibrationDataReader, an iterable of input dicts, or an .npz
-    path / dict of arrays (leading axis = samples, batched by ``batch_size``). ``format``
+    path / dict of arrays (leading axis = samples, batched by ``batch_size``); token ids
+    alone will do (:func:`onnxq.text_inputs.text_batches` makes them from a text file), the
+    other inputs are synthesized. ``alpha`` None: ``config.alpha`` ("auto" by default). ``format``
     None means "qdq" (or "dynamic" when ``config.quantize_activations`` is False). The input
     file is never modified; the output is written atomically. Returns the report.
 
@@ -58,7 +60,7 @@ def quantize_model(
     cache = CalibrationCache(calibration_data, model, batch_size=batch_size,
                              max_samples=config.num_calibration_samples)
     tensors = required_tensors(model, sites, format)
-    auto = alpha == "auto"
+    auto = searches_alpha(alpha, config)
     holdout = 4 if auto and len(cache) >= 4 else 0
     stats = calibrate(model, tensors, cache, sample_rows=sample_rows, holdout_every=holdout,
                       base_dir=base_dir, progress=progress)

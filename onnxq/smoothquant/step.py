@@ -17,7 +17,7 @@ from ..passes import MethodPass, QuantizeJob
 from ..plan import SMOOTHQUANT, parse_alpha
 from ..report import LayerResult
 from .apply import apply_smoothquant, required_tensors
-from .config import SmoothQuantConfig
+from .config import SmoothQuantConfig, searches_alpha
 from .emit import FORMATS
 
 __all__ = ["SmoothQuantPass", "smoothquant_recipe", "config_from_options"]
@@ -54,33 +54,33 @@ class SmoothQuantPass(MethodPass):
             raise RecipeError(f"SmoothQuant format {self.format!r} must be one of {', '.join(FORMATS)}")
         self.config = config_from_options(options)
         self.sites = [d.site for d in job.plan.by_kind(SMOOTHQUANT)]
+        self.alpha_covers_all = False
         self.alpha = self._alpha(job)
         self.data = job.options.calibration_inputs
         if self.data is None:
             raise CalibrationError(
                 f"recipe {job.recipe.name!r} puts {len(self.sites)} layer(s) in smoothquant, which needs calibration "
-                "inputs: pass --calib DATA.npz (or --imatrix-data)"
+                "inputs: pass --calib DATA.npz or --calib-text FILE.txt (or --imatrix-data / --imatrix-text)"
             )
 
     def _alpha(self, job: QuantizeJob) -> Any:
-        """The CLI / API option for every site, else per rule (a number or "auto")."""
+        """The CLI / API option for every site, else per rule (a number or "auto"); sites
+        no rule gives an alpha get the config's ("auto" unless set)."""
         given = job.options.smoothquant_options.get("alpha")
         if given is not None:
             return parse_alpha(given)
         decisions = job.plan.by_kind(SMOOTHQUANT)
-        per_site = {d.site: d.method.alpha for d in decisions if d.method.alpha is not None}
-        if per_site and all(a == "auto" for a in per_site.values()) and len(per_site) == len(decisions):
-            return "auto"
-        if any(a == "auto" for a in per_site.values()):
-            raise RecipeError("alpha 'auto' must apply to every smoothquant layer of a recipe (or none)")
-        return {k: float(v) for k, v in per_site.items()} or None
+        per_site = {d.site: parse_alpha(d.method.alpha) for d in decisions if d.method.alpha is not None}
+        self.alpha_covers_all = len(per_site) == len(decisions)
+        return per_site or None
 
     def request(self, job: QuantizeJob) -> None:
         calib = job.calibration
         batch_size = int(job.options.smoothquant_options.get("batch_size", 8))
         max_samples = self.config.num_calibration_samples
         cache = calib.cache(self.data, batch_size, max_samples)
-        auto = self.alpha == "auto"
+        auto = searches_alpha(self.alpha, self.config, self.alpha_covers_all)
+        self.searched = auto
         # alpha "auto" measures each candidate on held-out batches the scales never saw
         self.holdout = 4 if auto and len(cache) >= 4 else 0
         request = StatsRequest(tuple(required_tensors(job.model, self.sites, self.format)), DEFAULT_BINS,
@@ -95,7 +95,7 @@ class SmoothQuantPass(MethodPass):
             calibration_data=calib.cache(self.data, *self.cache_args), base_dir=job.base_dir,
             progress=job.options.progress,
         )
-        if self.alpha == "auto" and not self.holdout:
+        if self.searched and not self.holdout:
             report.notes.append("fewer than 4 calibration batches: alpha was searched on in-sample rows")
         for x, s in report.folded:  # X now carries X / s for everyone downstream of the fold
             calib.rescale(x, x, s, skip=_CONSUMER)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..calibrate import TensorStats
 from ..errors import CalibrationError
+from ..plan import parse_alpha
 from .config import SmoothQuantConfig
 from .migration import AlphaChoice, MigrationAnalyzer, smoothing_scales, weight_row_absmax
 from .quant import ActivationQParams, activation_qparams, fake_quantize_activation, quantize_weight
@@ -40,7 +41,7 @@ class QuantizedLinear:
     smoothing: np.ndarray
     activation_scale: Optional[float]
     activation_zero_point: Optional[int]
-    alpha: float
+    alpha: Optional[float]  # None: no smoothing (alpha "auto" found none better)
 
     def dequantized_weight(self) -> np.ndarray:
         """W' as the int8 weights represent it, float32 [K, N]."""
@@ -130,17 +131,30 @@ class SmoothQuantizer:
             raise CalibrationError(f"layer {name!r} has not been calibrated: call calibrate() first")
         return st
 
-    def smoothing_vector(self, name: str, alpha: Optional[float] = None, weights: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
-        """s [K] for layer ``name`` (alpha defaults to the config's)."""
+    def smoothing_vector(self, name: str, alpha: Union[float, str, None] = None,
+                         weights: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+        """s [K] for layer ``name`` (alpha defaults to the config's; "auto" searches it)."""
         st = self._stats(name)
         ws = list(weights) if weights is not None else self.weights.get(name)
         if not ws:
             raise CalibrationError(f"layer {name!r}: no weights given to compute the smoothing vector")
         c = self.config
+        a = self._resolve_alpha(name, alpha, ws)
+        if a is None:
+            return np.ones(st.channels, np.float32)
         return smoothing_scales(
-            st.absmax, weight_row_absmax(ws), c.alpha if alpha is None else alpha,
+            st.absmax, weight_row_absmax(ws), a,
             strength=c.migration_strength, min_scale=c.min_scale, max_scale=c.max_scale, tiny=c.tiny,
         )
+
+    def _resolve_alpha(self, name: str, alpha: Union[float, str, None], weights: Sequence[np.ndarray]) -> Optional[float]:
+        """A number, or for "auto" the searched alpha (None: no smoothing was best)."""
+        a = parse_alpha(self.config.alpha if alpha is None else alpha)
+        if a != "auto":
+            return float(a)
+        analyzer = MigrationAnalyzer(self.config)
+        analyzer.add_stats(name, self._stats(name), {f"{name}[{i}]": w for i, w in enumerate(weights)})
+        return analyzer.find_optimal_alpha([name], include_unsmoothed=True)[name].alpha
 
     def analyzer(self, names: Optional[Sequence[str]] = None) -> MigrationAnalyzer:
         """A :class:`MigrationAnalyzer` over the calibrated layers (their reservoir rows)."""
@@ -163,7 +177,7 @@ class SmoothQuantizer:
         name: str,
         weights: np.ndarray,
         calibration_data: Optional[ArrayOrBatches] = None,
-        alpha: Optional[float] = None,
+        alpha: Union[float, str, None] = None,
     ) -> QuantizedLinear:
         """Smooth and quantize W [K, N] of layer ``name``.
 
@@ -188,8 +202,8 @@ class SmoothQuantizer:
         if not any(g is w or (g.shape == w.shape and np.array_equal(g, w)) for g in group):
             group = group + [w]
         c = self.config
-        a = c.alpha if alpha is None else float(alpha)
-        s = self.smoothing_vector(name, a, group)
+        a = self._resolve_alpha(name, alpha, group)
+        s = self.smoothing_vector(name, a, group) if a is not None else np.ones(st.channels, np.float32)
         qw = quantize_weight(w * s[:, None], c.per_channel, c.weight_qmax)
         act_scale: Optional[float] = None
         act_zp: Optional[int] = None

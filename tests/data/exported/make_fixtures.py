@@ -248,8 +248,9 @@ def exports(full: bool) -> Dict[str, Callable[[Dict[str, Path], Path], None]]:
 
 def _prune(out: Path) -> None:
     """Drop what the exporters write besides the model, its external data, config and
-    tokenizer (genai's duplicated tokenizer variants, optimum's generation config), to keep
-    the committed fixtures small; everything the tests read stays as written."""
+    tokenizer (genai's tokenizer variants, optimum's generation config, transformers' copy
+    of the 98 MB GGUF as tokenizer.model), to keep the fixtures small; everything the tests
+    and the benchmark read stays as written."""
     keep_suffixes = (".onnx", ".onnx.data", ".data")
     keep_names = {"config.json", "tokenizer.json", "genai_config.json"}
     for path in out.iterdir():
@@ -283,8 +284,7 @@ def main(argv=None) -> int:
             if out.exists():
                 shutil.rmtree(out)
             table[name](hf, out)
-            if not args.full:
-                _prune(out)
+            _prune(out)
             size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
             print(f"{name}: {out} ({size:.1f} MB)", flush=True)
     (out_root / "versions.json").write_text(json.dumps(_versions(), indent=1, sort_keys=True) + "\n")
