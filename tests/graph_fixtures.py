@@ -1,11 +1,6 @@
 """The exported fixtures (``tests/data/exported/``) as the graph tests use them: paths,
-inputs built from each model's interface and ``config.json``, and an onnxruntime run.
-
-Inputs follow what the exporters declare: ``input_ids`` (and ``token_type_ids`` zeros),
-``attention_mask`` ones over past + current tokens, ``position_ids`` 0..S-1, and empty
-``past_key_values.*`` ([batch, kv heads, 0, head size], sizes from the declared shape or
-the config when the exporter left them symbolic).
-"""
+inputs (token ids, the rest synthesized as calibration does) and an onnxruntime run with
+onnxq's op library."""
 from __future__ import annotations
 
 import json
@@ -31,36 +26,15 @@ def config(name: str) -> dict:
         return json.load(fh)
 
 
-def _dims(value_info) -> List[object]:
-    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
-
-
 def feeds(name: str, batch: int = 2, seq: int = 7, seed: int = 0, model: Optional[onnx.ModelProto] = None) -> Dict[str, np.ndarray]:
-    """One batch of inputs for fixture ``name`` (token ids below the vocabulary size)."""
-    cfg = config(name)
+    """One batch of inputs for fixture ``name``: random token ids below the vocabulary
+    size, the rest synthesized by :class:`onnxq.model_inputs.ModelInputs` as calibration
+    does (mask of ones, positions, zero token types, empty past)."""
+    from onnxq.model_inputs import ModelInputs
+
     model = model or onnx.load(path(name), load_external_data=False)
-    rng = np.random.default_rng(seed)
-    heads = cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-    head_size = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    out: Dict[str, np.ndarray] = {}
-    for vi in model.graph.input:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        if vi.name == "input_ids":
-            out[vi.name] = rng.integers(3, cfg["vocab_size"], (batch, seq)).astype(dtype)
-        elif vi.name == "attention_mask":
-            out[vi.name] = np.ones((batch, seq), dtype)
-        elif vi.name == "token_type_ids":
-            out[vi.name] = np.zeros((batch, seq), dtype)
-        elif vi.name == "position_ids":
-            out[vi.name] = np.broadcast_to(np.arange(seq, dtype=dtype), (batch, seq)).copy()
-        elif vi.name.startswith("past_key_values."):
-            dims = _dims(vi)
-            shape = (batch, dims[1] if isinstance(dims[1], int) else heads, 0,
-                     dims[3] if isinstance(dims[3], int) else head_size)
-            out[vi.name] = np.zeros(shape, dtype)
-        else:
-            raise KeyError(f"{name}: no test value for model input {vi.name!r}")
-    return out
+    ids = np.random.default_rng(seed).integers(3, config(name)["vocab_size"], (batch, seq)).astype(np.int64)
+    return ModelInputs.of(model).complete({"input_ids": ids})
 
 
 def session(model, **kwargs) -> ort.InferenceSession:
