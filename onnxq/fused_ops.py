@@ -341,4 +341,4 @@ def _left_reason(graph: ModelGraph, node: NodeProto, index: int, name: str, shap
         if reason is None:
             return f"{what}: onnxq quantize rewrites {node.op_type} into {rule.becomes} to quantize it"
         return f"{what} stays float: {reason}"
-    return f"{what} stays float: {node.op_type} is not a MatMul/Gemm with a constant weight or a Gather on a table"
+    return f"{what} of {node.op_type} stays float (onnxq quantizes MatMul/Gemm weights and Gather tables)"

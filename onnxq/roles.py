@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from onnx import NodeProto
 
-from .norms import Lookups, NormMatch, match_norm
+from .norms import NORM_OPS, Lookups, NormMatch, match_norm
 
 __all__ = ["Linear", "Structure", "AttentionCore", "ATTENTION_OPS", "block_structure"]
 
@@ -107,6 +107,7 @@ class _Walker:
         self.graph = graph
         self.consumers = consumers
         self.by_output = {l.output: l for l in linears}
+        self.by_key = {l.key: l for l in linears}
         self.by_input: Dict[str, List[Linear]] = {}
         for l in linears:
             self.by_input.setdefault(l.input, []).append(l)
@@ -249,28 +250,51 @@ def _attention_roles(walker: _Walker, core: AttentionCore, out: Structure, layer
             out.roles[key], out.layers[key] = "o", layer
 
 
+#: nodes that move or re-encode data without computing on it
+_MOVES = frozenset({"Reshape", "Cast", "Identity", "Flatten", "QuantizeLinear", "DequantizeLinear",
+                    "DynamicQuantizeLinear"})
+
+
 def _skip_moves(graph: Lookups, tensor: str) -> Optional[NodeProto]:
     node = graph.producer(tensor)
-    while node is not None and node.op_type in ("Reshape", "Cast", "Identity", "QuantizeLinear", "DequantizeLinear",
-                                                "DynamicQuantizeLinear"):
+    while node is not None and node.op_type in _MOVES:
         node = graph.producer(node.input[0])
     return node
 
 
+def _reads_norm(walker: _Walker, lin: Linear) -> bool:
+    """True when ``lin`` reads a normalization's output (through data moves, quantize /
+    dequantize pairs and a smoothing Mul by a constant): where an MLP starts."""
+    t = lin.input
+    for _ in range(8):
+        node = walker.graph.producer(t)
+        if node is None:
+            return False
+        if node.op_type in NORM_OPS or walker.is_norm(t):
+            return True
+        scaled = node.op_type == "Mul" and len(node.input) == 2 and walker.graph.is_constant(node.input[1])
+        if node.op_type not in _MOVES and not scaled:
+            return False
+        t = node.input[0]
+    return False
+
+
 def _mlp_roles(walker: _Walker, down: Linear, out: Structure) -> Optional[Tuple[str, ...]]:
-    """(down, gate, up) or (down, up) keys when ``down`` closes an MLP, else None."""
+    """(down, gate, up) or (down, up) keys when ``down`` closes an MLP (its gate and up
+    read a normalization), else None."""
+    free = lambda key: key not in out.roles and _reads_norm(walker, walker.by_key[key])  # noqa: E731
     product = _skip_moves(walker.graph, down.input)
     if product is not None and product.op_type == "Mul" and not any(walker.graph.is_constant(i) for i in product.input):
         a, b = (walker.upstream(i) for i in product.input[:2])
         if len(a) == 1 and len(b) == 1 and set(a) != set(b):
             (ka, act_a), (kb, act_b) = next(iter(a.items())), next(iter(b.items()))
-            if act_a != act_b and ka not in out.roles and kb not in out.roles:
+            if act_a != act_b and free(ka) and free(kb):
                 gate, up = (ka, kb) if act_a else (kb, ka)
                 return down.key, gate, up
     ups = walker.upstream(down.input)
     if len(ups) == 1:
         key, act = next(iter(ups.items()))
-        if act and key not in out.roles:
+        if act and free(key):
             return down.key, key
     return None
 

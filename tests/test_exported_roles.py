@@ -4,6 +4,7 @@ order, whatever the exporter named them — also after every name in the graph i
 by a meaningless one — so recipes place their types on exported graphs as on the zoo's."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
@@ -107,3 +108,15 @@ def test_llm_exports_have_a_tied_head():
         (table,) = [e for e in analysis.embeddings if e.N == 1024]
         head = [s for s in analysis.linear if s.role == "head"]
         assert table.tied_heads == (head[0].name,) and head[0].weight_shared
+
+
+def test_a_classifier_after_the_pooler_is_no_mlp():
+    """pooler -> Tanh -> classifier reads like up -> act -> down, but starts at no norm."""
+    model = _model("dynamo-minilm")
+    tanh = next(n for n in model.graph.node if n.op_type == "Tanh")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((64, 3), np.float32), "val_999"))
+    model.graph.node.append(onnx.helper.make_node("MatMul", [tanh.output[0], "val_999"], ["scores"],
+                                                  name="node_linear_99"))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, None))
+    roles, layers, _ = _roles(model)
+    assert roles == BERT_BLOCK * 2 + ["other", "other"] and layers[-2:] == [None, None]
