@@ -277,13 +277,6 @@ class ModelInputs:
     def specs(self) -> List[InputSpec]:
         return [i.spec for i in self.inputs]
 
-    @property
-    def names(self) -> List[str]:
-        return [i.name for i in self.inputs]
-
-    def has_past(self) -> bool:
-        return any(i.role == PAST for i in self.inputs)
-
     def complete(self, batch: Mapping[str, Any], where: str = "batch") -> Dict[str, Any]:
         """``batch`` plus every missing input this interface can synthesize (see the module
         docstring); token ids are cast to the model's integer type when they fit, and

@@ -420,6 +420,10 @@ def single_type_recipe(qtype: str, mode: Optional[str] = None) -> Recipe:
     return Recipe(method.qtype.lower(), method, (), mode or DEFAULT_MODE)
 
 
+#: the comment of the rules :func:`with_keep_rules` adds (the user's, even on a built-in recipe)
+KEEP_COMMENT = "--keep"
+
+
 def with_keep_rules(recipe: Recipe, patterns: Iterable[str]) -> Recipe:
     """``recipe`` plus one last rule per glob: sites whose node or weight name matches stay
     float (``onnxq quantize --keep``). Being last, these rules override the recipe's own."""
@@ -427,7 +431,7 @@ def with_keep_rules(recipe: Recipe, patterns: Iterable[str]) -> Recipe:
     for pattern in patterns:
         if not isinstance(pattern, str) or not pattern:
             raise RecipeError(f"a keep pattern must be a non-empty glob, got {pattern!r}")
-        rules.append(parse_rule({"match": pattern, "method": KEEP, "comment": "--keep"}, len(rules)))
+        rules.append(parse_rule({"match": pattern, "method": KEEP, "comment": KEEP_COMMENT}, len(rules)))
     return dataclasses.replace(recipe, rules=tuple(rules))
 
 
@@ -524,6 +528,6 @@ def plan(analysis: Analysis, recipe: Recipe) -> Plan:
             method, note = Method(KEEP), "smoothquant would change a weight another node also reads: kept"
         result.decisions.append(Decision(site.name, info.kind, _resolve_method(method, recipe, site.K), source, note))
     for rule, hit in zip(recipe.rules, used):
-        if not hit and not recipe.builtin:
+        if not hit and (not recipe.builtin or rule.comment == KEEP_COMMENT):
             result.warnings.append(f"{rule.describe()} matches no layer")
     return result

@@ -47,9 +47,9 @@ def test_minilm_types_and_encoder_presets(minilm, tmp_path):
     assert ops.count("GgmlMatMul") == 36 and ops.count("GgmlGather") == 3
 
 
-def test_smollm2_default_recipe_tails_tied_table_quality(smollm2, tmp_path):
+def test_smollm2_q5_k_m_tails_tied_table_quality(smollm2, tmp_path):
     out = str(tmp_path / "q5km.onnx")
-    report = quantize(smollm2, out, progress=False)  # default: q5_k_m
+    report = quantize(smollm2, out, recipe="q5_k_m", progress=False)
     assert report.recipe.name == "q5_k_m"
     layers = {l.name: l for l in report.layers}
     emb, head = layers["/model/embed_tokens/Gather"], layers["/lm_head/MatMul"]

@@ -21,11 +21,13 @@ import os
 import sys
 import time
 
+from ..pipeline import DEFAULT_ENCODER_RECIPE, DEFAULT_RECIPE
+
 DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_RECIPE = "q4_k_m"
-#: per model: the encoder's most sensitive layers are its value projections (measured
-#: on MiniLM: encoder-q6 mean cosine 0.9991 vs q4_k_m-style mixes below 0.99)
-DEFAULT_RECIPES = {"all-minilm-l6-v2": "encoder-q6"}
+#: per model, as onnxq quantize chooses by the kind of model: the encoder's most sensitive
+#: layers are its value projections (measured on MiniLM: encoder-q6 mean cosine 0.9991 vs
+#: q4_k_m-style mixes below 0.99)
+DEFAULT_RECIPES = {"all-minilm-l6-v2": DEFAULT_ENCODER_RECIPE}
 #: 2048 tokens = 4 windows of 512: about a minute per model on 2 cores
 DEFAULT_MAX_TOKENS = 2048
 #: decoding speed: greedy tokens after this prompt, best of DECODE_REPEATS interleaved runs

@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--type", help="one GGML type for every layer: q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k")
     what.add_argument(
         "--recipe",
-        help=f"a recipe file (.json/.yaml) or a preset: {', '.join(preset_names())} (default: q5_k_m)",
+        help=f"a recipe file (.json/.yaml) or a preset: {', '.join(preset_names())} (default: q4_k_m for a language model, encoder-q6 for an encoder: the measured best of each)",
     )
     parser.add_argument("--method", choices=("ggml", "smoothquant"), default="ggml",
                         help="ggml (default): GGML blocks via --type/--recipe; smoothquant: whole-model W8A8")
@@ -31,11 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="GGML matmul mode for layers whose rule does not say: exact (float activations, "
                              "the default) or fast (activations quantized to 8-bit blocks, as ggml)")
     parser.add_argument("--imatrix-data", metavar="DATA",
-                        help="calibration inputs (.npz, one array per model input) to compute an importance "
-                             "matrix, or an imatrix .npz saved with --save-imatrix")
+                        help="calibration inputs (.npz, one array per model input; input_ids alone will do) to "
+                             "compute an importance matrix, or an imatrix .npz saved with --save-imatrix")
     parser.add_argument("--save-imatrix", metavar="FILE.npz", help="save the importance matrix for reuse")
     parser.add_argument("--calib", metavar="DATA",
-                        help="calibration inputs (.npz) for SmoothQuant (whole model or recipe layers) and --awq")
+                        help="calibration inputs (.npz; input_ids alone will do) for SmoothQuant (whole model or "
+                             "recipe layers) and --awq")
     text = parser.add_argument_group(
         "calibration from text (windows of token ids; the model's other inputs, such as attention_mask, "
         "position_ids and an empty KV cache, are synthesized)")
@@ -60,7 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="leave layers whose node or weight name matches GLOB in float (repeatable; "
                              "overrides the recipe, e.g. --keep '*layers.0/mlp/down_proj*')")
     parser.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
-    parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (per-layer search)")
+    parser.add_argument("--alpha", help="SmoothQuant migration strength in [0, 1], or 'auto' (the default: per-group "
+                                        "search, the measured best)")
     parser.add_argument("--format", choices=("qdq", "qoperator", "dynamic"), help="SmoothQuant output format")
     parser.add_argument("--weight-type", choices=("uint8", "int8"),
                         help="SmoothQuant int8 weight storage: uint8 with zero point 128 (default; u8u8 kernels, "
@@ -104,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.alpha is not None or args.format is not None or args.weight_type is not None:
         if not args.recipe:
             raise RecipeError("--alpha/--format/--weight-type apply to --method smoothquant or recipes with smoothquant layers")
-    from ..pipeline import quantize, resolve_recipe
-    from ..recipe import with_keep_rules
+    from ..pipeline import quantize
     from ..smoothquant.step import smoothquant_recipe
 
     sq_options = {}
@@ -116,8 +117,6 @@ def run(args: argparse.Namespace) -> int:
     if args.weight_type is not None:
         sq_options["weight_type"] = args.weight_type
     qtype, recipe = (None, smoothquant_recipe()) if smoothquant else (args.type, args.recipe)
-    if args.keep:
-        qtype, recipe = None, with_keep_rules(resolve_recipe(qtype, recipe, args.mode), args.keep)
     calib, imatrix_data = _calibration_sources(args)
     report = quantize(
         args.input,
@@ -132,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         awq=({"explicit_mul": True} if args.awq_explicit_mul else True) if args.awq else None,
         threads=args.threads,
         calibration_batches=args.calib_batches,
+        keep=args.keep,
         progress=not args.quiet,
     )
     for warning in report.warnings:

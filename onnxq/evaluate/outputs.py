@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DataError, ModelError
+from ..model_inputs import indexed_rows
+from ..sites import ModelGraph
 from . import metrics
 from .models import TensorSpec, TimedModel, name_problems
 from .progress import progress_bar
@@ -28,7 +30,6 @@ PathLike = Union[str, os.PathLike]
 InputSets = Union[PathLike, Mapping[str, np.ndarray], Sequence[Mapping[str, np.ndarray]], None]
 
 DEFAULT_REPEAT = 3
-_PASSTHROUGH_OPS = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
 
 
 def parse_dims(items: Iterable[str]) -> dict[str, int]:
@@ -83,47 +84,9 @@ def check_inputs(model: TimedModel, feeds: Mapping[str, np.ndarray], source: str
     return out
 
 
-def _consumers(model: TimedModel) -> dict[str, list[Any]]:
-    table: dict[str, list[Any]] = {}
-    for node in model.proto.graph.node:
-        for name in node.input:
-            table.setdefault(name, []).append(node)
-    return table
-
-
-def _first_dim(model: TimedModel, tensor: str) -> Optional[int]:
-    graph = model.proto.graph
-    for init in graph.initializer:
-        if init.name == tensor:
-            return int(init.dims[0]) if len(init.dims) else None
-    for node in graph.node:
-        if node.op_type == "Constant" and tensor in node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and len(attr.t.dims):
-                    return int(attr.t.dims[0])
-    return None
-
-
 def index_range(model: TimedModel, input_name: str) -> Optional[int]:
-    """Rows of the smallest table ``input_name`` indexes through Gather (axis 0), or None."""
-    consumers = _consumers(model)
-    seen = {input_name}
-    frontier = [input_name]
-    rows: list[int] = []
-    while frontier:
-        tensor = frontier.pop()
-        for node in consumers.get(tensor, []):
-            if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == tensor:
-                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                count = _first_dim(model, node.input[0]) if axis == 0 else None
-                if count:
-                    rows.append(count)
-            elif node.op_type in _PASSTHROUGH_OPS and node.input[0] == tensor:
-                for out in node.output:
-                    if out not in seen:
-                        seen.add(out)
-                        frontier.append(out)
-    return min(rows) if rows else None
+    """Rows of the smallest table ``input_name`` indexes (see :func:`onnxq.model_inputs.indexed_rows`), or None."""
+    return indexed_rows(ModelGraph(model.proto), input_name)
 
 
 def _resolve_shape(spec: TensorSpec, dims: Mapping[str, int], unresolved: list[str]) -> tuple[int, ...]:

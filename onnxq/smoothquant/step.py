@@ -15,6 +15,7 @@ from ..calibrate import DEFAULT_BINS, StatsRequest
 from ..errors import CalibrationError, RecipeError
 from ..passes import MethodPass, QuantizeJob
 from ..plan import SMOOTHQUANT, parse_alpha
+from ..recipe import Recipe, recipe_from_dict
 from ..report import LayerResult
 from .apply import apply_smoothquant, required_tensors
 from .config import SmoothQuantConfig, searches_alpha
@@ -37,9 +38,11 @@ def config_from_options(options: Mapping[str, Any]) -> SmoothQuantConfig:
     return SmoothQuantConfig(**extra)
 
 
-def smoothquant_recipe() -> Dict[str, Any]:
-    """``--method smoothquant``: every linear layer but the LM head (and shared weights)."""
-    return {"name": "smoothquant", "default": "smoothquant", "rules": [{"role": "head", "method": "keep"}]}
+def smoothquant_recipe() -> Recipe:
+    """``--method smoothquant``: every linear layer but the LM head (and shared weights).
+    Built in: an encoder has no head, and that is no reason to warn."""
+    spec = {"name": "smoothquant", "default": "smoothquant", "rules": [{"role": "head", "method": "keep"}]}
+    return dataclasses.replace(recipe_from_dict(spec), builtin=True)
 
 
 class SmoothQuantPass(MethodPass):
