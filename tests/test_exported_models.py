@@ -119,10 +119,7 @@ def _part_b(names: Dict[str, str]):
             for n in EXPORTS]
 
 
-@pytest.mark.parametrize("name", _part_b({
-    "genai-smollm2": "the embedding Gather reads Transpose(lm_head weight): the tied table stays float",
-    "ortopt-minilm": "QKV weights inside com.microsoft.Attention and the EmbedLayerNormalization tables stay float",
-}))
+@pytest.mark.parametrize("name", _part_b({}))
 def test_ggml_quantizes_every_weight(name):
     q = quantized(name)["ggml"]
     assert _float_weights(q["path"]) == []
@@ -130,7 +127,7 @@ def test_ggml_quantizes_every_weight(name):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("dynamo-smollm2", marks=pytest.mark.xfail(strict=True, reason=PART_B + "roles from structure")),
+    "dynamo-smollm2",
     pytest.param("dynamo-minilm", marks=pytest.mark.xfail(strict=True, reason=PART_B + "roles from structure")),
     "optimum-smollm2", "optimum-minilm",
 ])
@@ -144,9 +141,7 @@ def test_roles_and_layers_come_from_the_graph(name):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("optimum-smollm2", marks=pytest.mark.xfail(strict=True, reason=PART_B + (
-        "optimum's decomposed RMSNorm output also feeds Shape nodes, so q/k/v get an explicit Mul"))),
-    "dynamo-smollm2", "genai-smollm2",
+    "optimum-smollm2", "dynamo-smollm2", "genai-smollm2",
 ])
 def test_smoothquant_folds_into_the_norms_of_exported_llms(name):
     """q/k/v and gate/up read a norm's output: their 1/s folds into it (no op added); only an
