@@ -37,7 +37,7 @@ import onnx
 from onnx import NodeProto, helper, numpy_helper
 
 from .graph_edit import all_names, unique_name
-from .norms import NormMatch, match_norm
+from .norms import NormMatch, match_norm, per_channel
 from .sites import LinearSite, ModelGraph, bias_vector, weight_matrix_kn
 
 __all__ = [
@@ -133,18 +133,10 @@ class FoldRule:
 def _per_channel_const(ctx: FoldContext, name: str, k: int, allow_scalar: bool = True) -> bool:
     """A constant that broadcasts along the last axis only: [K] or [1, .., K] (and, with
     ``allow_scalar``, a scalar or [1, .., 1])."""
-    if not ctx.graph.is_constant(name):
+    if per_channel(ctx.graph, name, k) is not None:
         return False
-    shape = ctx.graph.constant_shape(name)
-    if shape is None:
-        return False
-    if ctx.graph.constant_dtype(name) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
-        return False
-    if len(shape) == 0:
-        return allow_scalar
-    if not all(d == 1 for d in shape[:-1]):
-        return False
-    return shape[-1] == k or (allow_scalar and shape[-1] == 1)
+    shape = ctx.graph.constant_shape(name) or ()
+    return allow_scalar or (len(shape) > 0 and shape[-1] == k)
 
 
 def _single_const(ctx: FoldContext, node: Optional[NodeProto], op: str, k: int) -> Optional[int]:

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import NodeProto, helper
 
-__all__ = ["NormMatch", "NoMatch", "NORM_OPS", "match_norm", "find_norms", "is_norm_node"]
+__all__ = ["NormMatch", "NoMatch", "NORM_OPS", "match_norm", "find_norms", "per_channel"]
 
 #: fused normalization op -> (gamma input index, beta input index or None)
 NORM_OPS = {
@@ -291,11 +291,6 @@ def match_norm(graph: Lookups, x: str, k: Optional[int] = None) -> Result:
     node = graph.producer(x)
     what = f"{node.op_type} {node.name!r}" if node is not None else "a graph input"
     return NoMatch("norm", f"{x!r} is produced by {what}, not a normalization")
-
-
-def is_norm_node(node: NodeProto) -> bool:
-    """A fused normalization op (decomposed ones are recognised by :func:`match_norm`)."""
-    return node.op_type in NORM_OPS
 
 
 def find_norms(graph: Lookups, nodes: Sequence[NodeProto]) -> List[NormMatch]:

@@ -156,3 +156,19 @@ def test_quantize_opens_up_the_optimizer_bert_and_leaves_the_input_alone(tmp_pat
     weights = sum(int(np.prod(t.dims)) for t in float_model.graph.initializer if len(t.dims) == 2)
     assert report.quantized_params == weights == 2 * (64 * 192 + 64 * 64 + 2 * 64 * 256) + (1024 + 512 + 2) * 64
     assert report.size_ratio > 3.6, report.size_ratio
+
+
+def test_smoothquant_file_api_opens_up_the_optimizer_bert_too(tmp_path):
+    from onnxq.smoothquant import quantize_model
+
+    rng = np.random.default_rng(2)
+    calib = [{"input_ids": rng.integers(3, 1024, (2, 16)).astype(np.int64)} for _ in range(4)]
+    out = tmp_path / "sq.onnx"
+    report = quantize_model(path("ortopt-minilm"), str(out), calib, progress=False)
+    assert sum("opened up Attention" in n for n in report.notes) == 2
+    assert {s.role for s in report.quantized} == {"q", "k", "v", "o", "up", "down"}
+    ops = {n.op_type for n in onnx.load(out, load_external_data=False).graph.node}
+    assert "MultiHeadAttention" in ops and "Attention" not in ops
+    x = feeds("ortopt-minilm", batch=2, seq=7, seed=3)
+    got, want = run(str(out), x)["last_hidden_state"], run(path("ortopt-minilm"), x)["last_hidden_state"]
+    assert rel_err(got, want) < 0.1
