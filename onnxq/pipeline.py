@@ -172,6 +172,7 @@ def _open(input: PathLike, output: PathLike, recipe: Optional[Recipe], mode: Opt
     out_path = check_output_path(in_path, output)
     model = load_model(in_path)
     base_dir = model_dir(in_path)
+    input_bytes = file_bytes(in_path, model)  # before opening up fused ops drops their tensors
     opened = unfuse_weights(model, base_dir)  # fused ops' weights become sites (the file is untouched)
     analysis = find_sites(model)
     if not analysis.linear and not analysis.embeddings:
@@ -195,7 +196,7 @@ def _open(input: PathLike, output: PathLike, recipe: Optional[Recipe], mode: Opt
     if opened.replaced:
         job.notes.append(_opened_note(opened.replaced))
     job.metadata.update({VERSION_KEY: __version__, RECIPE_KEY: recipe.to_json()})
-    job.reports["input_bytes"] = file_bytes(in_path, model)
+    job.reports["input_bytes"] = input_bytes
     job.reports["order"] = {node.name: i for i, node in enumerate(model.graph.node)}
     return job
 

@@ -14,6 +14,8 @@ from graph_fixtures import ENCODERS, LLMS, feeds, path, rel_err, run
 from onnxq.inspect_model import inspect_model
 from onnxq.smoothquant.step import smoothquant_recipe
 
+pytestmark = pytest.mark.slow  # eight quantize runs of the fixtures (a few seconds each)
+
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
