@@ -7,7 +7,10 @@ Two kinds of artefacts, both compiled on install (there is no pure-Python fallba
 * The onnxruntime custom-op library ``onnxq/libonnxq_ops.so``: plain C from
   ``cython_kernels/ops/*.c``, no Python, no libonnxruntime link (onnxruntime hands the
   library its API table at registration), exporting only ``RegisterCustomOps`` and
-  ``onnxq_ops_kernel_isa``.
+  ``onnxq_ops_kernel_isa``. The same sources and flags on every architecture: the x86
+  and aarch64 kernel files compile to empty tables elsewhere, and every ISA level of the
+  target is built in through per-function target attributes (no -march), chosen at run
+  time. ``cython_kernels/ops/Makefile`` / ``CMakeLists.txt`` build it without Python.
 """
 from __future__ import annotations
 
@@ -172,7 +175,8 @@ def ops_library() -> list[Extension]:
                 "-Wshadow",
                 "-Wno-unused-parameter",
             ],
-            extra_link_args=["-Wl,-z,defs", "-lm"],
+            # -z defs (no unresolved symbols) is a GNU/LLVM ELF linker flag; Apple's ld has no -z
+            extra_link_args=(["-lm"] if sys.platform == "darwin" else ["-Wl,-z,defs", "-lm"]),
         )
     ]
 

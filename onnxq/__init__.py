@@ -9,7 +9,8 @@ method wing never imports the other wing, and only ``cli`` imports ``commands``
 (``tests/test_architecture.py`` checks it; ``onnxq/README.md`` explains each module)::
 
     cli, commands/                                   the command line
-    pipeline, inspect_model, evaluate/, zoo/         run, measure, real models
+    pipeline, inspect_model, evaluate/, zoo/,        run, measure, real models
+    budget, mixed_precision                          budgets, the per-layer face
     ggml/            smoothquant/                    the method wings
     sites, folding, calibrate, formats, plan, recipe, presets, passes, report,
     modelio, graph_edit, corpora, runtime,
@@ -46,6 +47,8 @@ _LAZY: dict[str, str] = {
     "MigrationAnalyzer": "onnxq.smoothquant",
     "text_batches": "onnxq.text_inputs",
     "ModelInputs": "onnxq.model_inputs",
+    "MixedPrecisionQuantizer": "onnxq.mixed_precision",
+    "quantize_to_budget": "onnxq.budget",
 }
 
 __all__ = [

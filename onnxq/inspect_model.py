@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 from .ggml.nodes import MATMUL_OP, ggml_node_attributes, is_ggml_node
 from .modelio import file_bytes, load_model, tensor_nbytes
 from .fused_ops import weights_left_float
+from .report import LayerShape
 from .roles import Linear, block_structure
 from .sites import BLOCK_ROLES, FLOAT_TYPES, ModelGraph, Skipped, find_sites, infer_role, layer_index
 from .units import bits_per_weight, format_bytes, record
@@ -36,7 +37,7 @@ _DTYPE_NAMES = {
 
 
 @dataclass
-class LayerInfo:
+class LayerInfo(LayerShape):
     """One weight-carrying layer of a model."""
 
     name: str
@@ -52,10 +53,8 @@ class LayerInfo:
     tail_type: Optional[str] = None
     mode: Optional[str] = None
     shared_with: Optional[str] = None
-
-    @property
-    def params(self) -> int:
-        return self.K * self.N
+    #: why the layer runs in its mode (``auto``: the measured errors of both modes)
+    mode_reason: Optional[str] = None
 
     @property
     def bits_per_weight(self) -> float:
@@ -129,12 +128,13 @@ class ModelInspection:
     def table(self) -> str:
         w = max([len(l.name) for l in self.layers] + [5])
         w = min(w, 64)
-        lines = [f"{'layer':<{w}}  {'role':<10}{'method':<18}{'K x N':>14}{'bytes':>12}{'bpw':>8}"]
+        lines = [f"{'layer':<{w}}  {'role':<10}{'method':<18}{'mode':<6}{'K x N':>14}{'bytes':>12}{'bpw':>8}  why this mode"]
         for l in self.layers:
             name = l.name if len(l.name) <= w else "…" + l.name[-(w - 1):]
             method = l.method + (f"+{l.tail_type}" if l.tail_type else "")
             size = "(shared)" if l.shared_with else format_bytes(l.nbytes)
-            lines.append(f"{name:<{w}}  {l.role:<10}{method:<18}{f'{l.K}x{l.N}':>14}{size:>12}{l.bits_per_weight:>8.3f}")
+            lines.append(f"{name:<{w}}  {l.role:<10}{method:<18}{l.mode or '-':<6}{f'{l.K}x{l.N}':>14}{size:>12}"
+                         f"{l.bits_per_weight:>8.3f}  {l.mode_reason or ''}".rstrip())
         lines.append("")
         lines.append(f"{'method':<20}{'layers':>7}{'params':>14}{'bytes':>12}{'bpw':>8}")
         for row in self.by_method():
@@ -164,7 +164,7 @@ class ModelInspection:
 
 
 _LAYER_KEYS = ("name", "op_type", "method", "role", "layer", "K", "N", "params", "weight", ("bytes", "nbytes"),
-               "bits_per_weight", "tail_type", "mode", "shared_with")
+               "bits_per_weight", "tail_type", "mode", "mode_reason", "shared_with")
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -260,6 +260,7 @@ def inspect_model(path: PathLike) -> ModelInspection:
             _qdq_layer(graph, node, add)
     _structural_roles(model, graph, result, io)
     result.left_float = weights_left_float(model, analysis)
+    _mode_reasons(result)
     total = sum(sizes.sizes.values())
     result.initializer_bytes = total
     claimed = set(sizes.owner)
@@ -283,6 +284,27 @@ def _structural_roles(model: onnx.ModelProto, graph: ModelGraph, result: ModelIn
         if role is not None and l.role != "head":
             l.role = role
             l.layer = found.layers.get(l.name) if role in BLOCK_ROLES else l.layer
+
+
+def _mode_reasons(result: ModelInspection) -> None:
+    """Each GGML layer's mode reason: the auto mode's measurement (``onnxq.modes``
+    metadata), else the recipe's word."""
+    from .ggml.modes import ModeChoice
+
+    try:
+        auto = json.loads(result.metadata.get("onnxq.modes", "{}"))
+    except ValueError:
+        auto = {}
+    measured = auto.get("layers", {}) if isinstance(auto, dict) else {}
+    for layer in result.layers:
+        if layer.mode is None:
+            continue
+        m = measured.get(layer.name)
+        if isinstance(m, dict) and {"mode", "exact_error", "fast_error"} <= set(m):
+            layer.mode_reason = ModeChoice(layer.name, m["mode"], m["exact_error"], m["fast_error"],
+                                           float(auto.get("threshold", 0))).reason
+        elif "onnxq.version" in result.metadata:
+            layer.mode_reason = "set by the recipe"
 
 
 def _itemsize(data_type: int) -> int:

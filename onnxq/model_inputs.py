@@ -359,8 +359,8 @@ class ModelInputs:
                       else "its shape")
             raise CalibrationError(
                 f"{where} is missing model input {item.name!r} {format_shape(item.spec.shape)} and onnxq cannot "
-                f"synthesize an empty past for it: {detail} is symbolic and {item.note or 'the graph does not say'} "
-                f"what size it has; pass the input yourself")
+                f"synthesize an empty past for it: {detail} is symbolic and the graph gives no size for it "
+                f"({item.note or 'no declared shape'}); pass the input yourself")
         shape = tuple(rows if size == BATCH_AXIS else past if size == PAST_AXIS else size for size in layout)
         return np.zeros(shape, item.spec.dtype)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Dict, Iterable, Optional, Union
+from typing import IO, Callable, Dict, Iterable, Optional, Union
 
 import numpy as np
 import onnx
@@ -380,6 +380,22 @@ class ModelWriter:
 def get_initializer_array_proto(tensor: TensorProto, base_dir: Optional[PathLike]) -> np.ndarray:
     """Like :func:`get_initializer_array` for a TensorProto already in hand."""
     return get_initializer_array(onnx.ModelProto(), tensor, base_dir)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> str:
+    """Write a (small) file atomically: ``write(fh)`` fills a temporary file in the target's
+    folder, which is renamed over ``path`` only when complete. Returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def total_initializer_bytes(model: onnx.ModelProto) -> int:

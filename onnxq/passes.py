@@ -43,6 +43,13 @@ class QuantizeOptions:
     threads: Optional[int] = None
     calibration_batches: Optional[int] = None
     progress: bool = True
+    #: the inputs the ``auto`` mode measures layers on (the calibration inputs, or what the
+    #: pipeline made when none were given: self-generated text, shipped sentences)
+    auto_data: Any = None
+    #: where ``auto_data`` came from, or why there is none (reports and metadata)
+    auto_data_source: str = ""
+    #: auto-mode threshold (None: :data:`onnxq.ggml.modes.DEFAULT_THRESHOLD`)
+    auto_threshold: Optional[float] = None
 
 
 class Calibration:

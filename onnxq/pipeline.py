@@ -34,7 +34,7 @@ from .modelio import (
     with_initializers,
 )
 from .passes import Calibration, MethodPass, QuantizeJob, QuantizeOptions
-from .plan import GGML, KEEP, SMOOTHQUANT
+from .plan import AUTO, GGML, KEEP, SMOOTHQUANT
 from .recipe import Recipe, load_recipe as _load_recipe, plan, single_type_recipe, with_keep_rules
 from .report import LayerResult, QuantizeReport, summarize_skipped
 from .sites import Analysis, Skipped, find_sites
@@ -105,6 +105,7 @@ def quantize(
     threads: Optional[int] = None,
     calibration_batches: Optional[int] = None,
     external_data: Optional[bool] = None,
+    auto_threshold: Optional[float] = None,
     keep: Sequence[str] = (),
     progress: bool = True,
 ) -> QuantizeReport:
@@ -115,7 +116,11 @@ def quantize(
         recipe: a preset name (``"q4_k_m"``), a JSON/YAML recipe file, a dict or a
             :class:`~onnxq.recipe.Recipe`; neither: :func:`default_recipe` (``q4_k_m`` for
             a language model, ``encoder-q6`` for an encoder).
-        mode: ``exact`` or ``fast`` for every GGML layer whose rule does not say.
+        mode: ``exact``, ``fast`` or ``auto`` (the default: per layer, fast where the measured
+            cost of rounding its activations is below ``auto_threshold``) for every GGML
+            layer whose rule does not say. Auto measures on ``calibration_data`` (or
+            ``imatrix_data`` inputs); without either, on text the float model writes itself
+            (causal LMs) or shipped sentences (encoders) (:func:`onnxq.zoo.calibration.default_batches`).
         imatrix_data: calibration inputs for an importance matrix (``.npz`` of model
             inputs, dict of arrays, iterable of input dicts, CalibrationDataReader), or an
             ``.npz`` saved by :meth:`ImportanceMatrix.save`.
@@ -130,6 +135,8 @@ def quantize(
         threads: codec threads (None: all cores).
         external_data: store weights in ``<output>.data`` (None: when the input does or
             the weights are large).
+        auto_threshold: fast where fast mode adds less than this fraction to a layer's
+            output error (None: :data:`onnxq.ggml.modes.DEFAULT_THRESHOLD`).
         keep: globs of node or weight names left in float, over whatever the recipe says
             (:func:`onnxq.recipe.with_keep_rules`).
     Returns:
@@ -140,11 +147,12 @@ def quantize(
         imatrix_data=imatrix_data, imatrix=imatrix, save_imatrix=save_imatrix, calibration_data=calibration_data,
         calibration_inputs=_calibration_inputs(calibration_data, imatrix_data),
         smoothquant_options=dict(smoothquant_options or {}), awq=awq, threads=threads,
-        calibration_batches=calibration_batches, progress=progress,
+        calibration_batches=calibration_batches, progress=progress, auto_threshold=auto_threshold,
     )
     # a given recipe is checked before any work; the default one needs the model's sites
     chosen = resolve_recipe(type, recipe, mode) if type is not None or recipe is not None else None
     job = _open(input, output, chosen, mode, list(keep), options)
+    _auto_data(job)
     passes: List[MethodPass] = [PASSES[kind]() for kind in job.plan.kinds() if kind in PASSES]
     for p in passes:
         p.check(job)
@@ -155,6 +163,20 @@ def quantize(
         p.prepare(job)
     model = _write(job, passes, external_data)
     return _report(job, model, time.perf_counter() - start)
+
+
+def _auto_data(job: QuantizeJob) -> None:
+    """The inputs the auto mode measures on, when some GGML linear layer has mode auto:
+    the calibration inputs, else a default source for the model's kind."""
+    if not any(d.kind == "linear" and d.method.mode == AUTO for d in job.plan.by_kind(GGML)):
+        return
+    o = job.options
+    if o.calibration_inputs is not None:
+        o.auto_data, o.auto_data_source = o.calibration_inputs, "the given calibration inputs"
+        return
+    from .zoo.calibration import default_batches
+
+    o.auto_data, o.auto_data_source = default_batches(job.input_path, progress=o.progress)
 
 
 def _calibration_inputs(calibration_data: Any, imatrix_data: Any) -> Any:
@@ -263,4 +285,5 @@ def _report(job: QuantizeJob, model: onnx.ModelProto, seconds: float) -> Quantiz
         smoothquant=job.reports.get("smoothquant"),
         awq=job.reports.get("awq"),
         notes=job.notes,
+        modes=job.reports.get("modes"),
     )

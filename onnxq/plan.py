@@ -15,8 +15,8 @@ import onnx
 from .errors import ModelError, RecipeError
 from .sites import Analysis, find_sites
 
-__all__ = ["KEEP", "SMOOTHQUANT", "GGML", "KINDS", "MODES", "DEFAULT_MODE", "Method", "Decision", "Plan",
-           "parse_alpha"]
+__all__ = ["KEEP", "SMOOTHQUANT", "GGML", "KINDS", "MODES", "OP_MODES", "AUTO", "DEFAULT_MODE", "Method",
+           "Decision", "Plan", "parse_alpha"]
 
 KEEP = "keep"
 SMOOTHQUANT = "smoothquant"
@@ -25,10 +25,16 @@ GGML = "ggml"
 #: GGML pass streams the final model out)
 KINDS = (SMOOTHQUANT, GGML, KEEP)
 
-MODES = ("exact", "fast")
-#: float activations: measured on SmolLM2 / MiniLM as fast as "fast" with onnxq's kernels
-#: and closer to float (MiniLM Q6_K: mean cosine 0.99842 exact vs 0.99689 fast)
-DEFAULT_MODE = "exact"
+#: the modes the op runs: float activations (exact) or activations rounded to 8-bit blocks
+#: with integer dot products (fast)
+OP_MODES = ("exact", "fast")
+#: per layer at quantize time: fast where the measured cost of rounding that layer's
+#: activations stays under a threshold, exact elsewhere (:mod:`onnxq.ggml.modes`)
+AUTO = "auto"
+MODES = (*OP_MODES, AUTO)
+#: auto: as close to all-exact as measured (docs/budget.md) with most layers on the
+#: integer kernels that make fast mode 1.2-3x faster than exact
+DEFAULT_MODE = AUTO
 
 
 def parse_alpha(value: Any, where: str = "alpha") -> Union[float, str]:
@@ -83,6 +89,8 @@ class Decision:
     method: Method
     source: str  # "default" / "rule 3" / "--type"
     note: Optional[str] = None  # why the recipe's method was changed (e.g. smoothquant on an embedding)
+    #: why a GGML linear layer got its mode (the measured cost behind an ``auto`` choice)
+    mode_reason: Optional[str] = None
 
     @property
     def label(self) -> str:

@@ -17,7 +17,8 @@ A method is ``keep`` (float), ``smoothquant`` (W8A8, delegated to
 :mod:`onnxq.smoothquant`) or a GGML type (``q4_0`` ... ``q6_k``) with an optional
 ``tail_type`` (the 32-element type for the last ``K mod 256`` columns of a K-quant row;
 ``none`` pads to 256 instead) and ``mode`` (``exact``: float activations; ``fast``:
-activations quantized to 8-bit blocks as ggml does).
+activations quantized to 8-bit blocks as ggml does; ``auto``, the default: per layer,
+whichever the measured cost of fast mode allows, :mod:`onnxq.ggml.modes`).
 
 A recipe may also ask for activation-aware weight scaling of its GGML layers before
 packing (``"awq": true`` or a mapping of :class:`onnxq.ggml.awq.AWQConfig` fields); it
@@ -374,10 +375,6 @@ class Recipe:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def uses_smoothquant(self) -> bool:
-        return self.default.kind == SMOOTHQUANT or any(r.method.kind == SMOOTHQUANT for r in self.rules)
 
 
 def recipe_from_dict(spec: Mapping[str, Any], name: Optional[str] = None) -> Recipe:

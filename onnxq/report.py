@@ -11,11 +11,22 @@ from .recipe import Recipe
 from .sites import Skipped
 from .units import bits_per_weight, format_bytes, format_count, record
 
-__all__ = ["LayerResult", "TypeSummary", "QuantizeReport", "summarize_skipped"]
+__all__ = ["LayerShape", "LayerResult", "TypeSummary", "QuantizeReport", "summarize_skipped"]
+
+
+class LayerShape:
+    """A layer of ``K`` inputs and ``N`` outputs: its parameter count."""
+
+    K: int
+    N: int
+
+    @property
+    def params(self) -> int:
+        return self.K * self.N
 
 
 @dataclass
-class LayerResult:
+class LayerResult(LayerShape):
     """What happened to one site."""
 
     name: str
@@ -34,10 +45,10 @@ class LayerResult:
     shared_with: Optional[str] = None
     source: str = "default"
     note: Optional[str] = None
-
-    @property
-    def params(self) -> int:
-        return self.K * self.N
+    #: why the layer runs in its mode (the recipe, or the measured cost behind ``auto``)
+    mode_reason: Optional[str] = None
+    #: the measured cost of its type (a budget run: increase of the model-level loss)
+    cost: Optional[float] = None
 
     @property
     def bits_per_weight(self) -> Optional[float]:
@@ -75,6 +86,10 @@ class QuantizeReport:
     awq: Any = None
     #: graph changes besides quantization (fused ops opened up)
     notes: List[str] = field(default_factory=list)
+    #: the auto mode's measurement: {layer: :class:`~onnxq.ggml.modes.ModeChoice`}
+    modes: Any = None
+    #: a budget run's allocation (:class:`onnxq.budget.BudgetReport`)
+    budget: Any = None
 
     # -- summaries
     def by_method(self) -> List[TypeSummary]:
@@ -134,6 +149,11 @@ class QuantizeReport:
             )
         ratio = f" ({self.size_ratio:.2f}x smaller)" if self.size_ratio else ""
         lines.append(f"model file: {format_bytes(self.input_bytes)} -> {format_bytes(self.output_bytes)}{ratio}")
+        if self.modes:
+            fast = sum(c.mode == "fast" for c in self.modes.values())
+            threshold = next(iter(self.modes.values())).threshold
+            lines.append(f"mode auto: {fast} of {len(self.modes)} layers fast (fast mode adds < {threshold:.0%} to "
+                         f"their output error), {len(self.modes) - fast} exact")
         if self.awq is not None:
             lines.append(self.awq.summary())
         lines.extend(f"note: {n}" for n in self.notes)
@@ -161,11 +181,26 @@ class QuantizeReport:
             "notes": list(self.notes),
             "smoothquant": self.smoothquant.to_dict() if self.smoothquant is not None else None,
             "awq": self.awq.to_dict() if self.awq is not None else None,
+            "budget": self.budget.to_dict() if self.budget is not None else None,
         }
 
+    def layer_table(self) -> str:
+        """One row per layer: method, mode, bytes, bits per weight, measured cost (budget
+        runs) and why the mode was chosen."""
+        w = min(max([len(l.name) for l in self.layers] + [5]), 56)
+        lines = [f"{'layer':<{w}}  {'method':<8}{'mode':<6}{'bytes':>11}{'bpw':>7}{'cost':>10}  mode reason"]
+        for l in self.layers:
+            name = l.name if len(l.name) <= w else "…" + l.name[-(w - 1):]
+            size = "(shared)" if l.shared_with else format_bytes(l.nbytes) if l.nbytes else "-"
+            bpw = f"{l.bits_per_weight:.2f}" if l.bits_per_weight else "-"
+            cost = f"{l.cost:.2e}" if l.cost is not None else "-"
+            lines.append(f"{name:<{w}}  {l.method:<8}{l.mode or '-':<6}{size:>11}{bpw:>7}{cost:>10}  "
+                         f"{l.mode_reason or ''}".rstrip())
+        return "\n".join(lines)
 
-_LAYER_KEYS = ("name", "kind", "role", "layer", "method", "K", "N", "tail_type", "mode", ("bytes", "nbytes"),
-               "bits_per_weight", "shared_with", ("rule", "source"), "note")
+
+_LAYER_KEYS = ("name", "kind", "role", "layer", "method", "K", "N", "tail_type", "mode", "mode_reason",
+               ("bytes", "nbytes"), "bits_per_weight", "cost", "shared_with", ("rule", "source"), "note")
 
 
 def _method_order(method: str) -> tuple:

@@ -24,7 +24,8 @@ import numpy as np
 from .errors import DataError, OnnxqError
 
 __all__ = ["DEFAULT_WINDOW", "DEFAULT_WINDOWS", "TOKENIZER_FILE", "tokenizers_module", "load_tokenizer",
-           "tokenizer_beside", "resolve_text_tokenizer", "copy_tokenizer", "token_windows", "text_batches"]
+           "tokenizer_beside", "resolve_text_tokenizer", "copy_tokenizer", "token_windows", "text_batches",
+           "window_batches", "pad_id", "encode_batch"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -123,6 +124,12 @@ def text_batches(text_file: PathLike, tokenizer: Any, *, window: int = DEFAULT_W
         raise DataError(f"calibration text {os.fspath(path)}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"calibration text {os.fspath(path)}: cannot read it as UTF-8 text ({exc})") from None
+    return window_batches(text, tokenizer, window=window, windows=windows, source=f"calibration text {path}")
+
+
+def window_batches(text: str, tokenizer: Any, *, window: int = DEFAULT_WINDOW, windows: int = DEFAULT_WINDOWS,
+                   source: str = "calibration text") -> List[Dict[str, np.ndarray]]:
+    """:func:`text_batches` of a string."""
     tok = copy_tokenizer(load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer)
     tok.no_padding()  # a tokenizer.json may pad or truncate every encoding (MiniLM's: to 128)
     tok.no_truncation()
@@ -133,5 +140,33 @@ def text_batches(text_file: PathLike, tokenizer: Any, *, window: int = DEFAULT_W
                         f"{len(before) + len(after)} special tokens")
     ids = list(tok.encode(text, add_special_tokens=False).ids)
     if len(ids) < 2:
-        raise DataError(f"calibration text {os.fspath(path)} gives {len(ids)} token(s); it needs at least 2")
+        raise DataError(f"{source} gives {len(ids)} token(s); it needs at least 2")
     return [{"input_ids": np.asarray([before + w + after], np.int64)} for w in token_windows(ids, content, windows)]
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id a batch of sentences is padded with: the tokenizer's own, else a pad token's."""
+    padding = tokenizer.padding
+    if padding and padding.get("pad_id") is not None:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<|pad|>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    return 0  # masked out by the attention mask; any valid id will do
+
+
+def encode_batch(tokenizer: Any, sentences: Sequence[str], pad: int) -> Dict[str, np.ndarray]:
+    """int64 input_ids, attention_mask and token_type_ids [B, S] of ``sentences`` (special
+    tokens added), padded on the right with ``pad``."""
+    encodings = tokenizer.encode_batch(list(sentences))
+    length = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), length), pad, dtype=np.int64)
+    mask = np.zeros((len(encodings), length), dtype=np.int64)
+    types = np.zeros((len(encodings), length), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        types[row, :n] = enc.type_ids
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

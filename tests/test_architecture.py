@@ -28,6 +28,7 @@ FLOORS = {
     "onnxq.ggml": WING, "onnxq.smoothquant": WING,
     "onnxq.pipeline": TOP, "onnxq.inspect_model": TOP, "onnxq.evaluate": TOP, "onnxq.zoo": TOP,
     "onnxq.convert": TOP, "onnxq.gguf": TOP, "onnxq.budget": TOP, "onnxq.portable": TOP,
+    "onnxq.mixed_precision": TOP,
     "onnxq.cli": CLI, "onnxq.commands": CLI, "onnxq.__main__": CLI,
 }
 WINGS = ("onnxq.ggml", "onnxq.smoothquant")

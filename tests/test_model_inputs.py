@@ -86,7 +86,7 @@ def test_what_cannot_be_synthesized_is_named():
                                helper.make_node("Identity", ["past_key_values.0.key"], ["y"])],
                               "g", [ids, past], [out], [table])
     odd = ModelInputs.of(helper.make_model(graph), "odd.onnx")
-    with pytest.raises(CalibrationError, match=r"'past_key_values.0.key'.*axis 3 \('dim'\).*no attention node reads it"):
+    with pytest.raises(CalibrationError, match=r"'past_key_values.0.key'.*axis 3 \('dim'\) is symbolic.*\(no attention node reads it\)"):
         odd.complete({"input_ids": np.zeros((1, 2), np.int64)})
 
 
@@ -125,3 +125,24 @@ def test_eval_cli_runs_kv_cache_exports_from_their_tokenizer(capsys):
         assert report["task"] == "lm" and report["data"]["predicted_tokens"] == 198
         assert report["candidates"][0]["kl_divergence"] == 0.0
         assert report["settings"]["tokenizer"].endswith(f"{name}/tokenizer.json")
+
+
+def test_int32_interfaces_get_int32_inputs():
+    """Some genai builds take int32 ids and mask: the tokenizer's int64 ids are cast (they
+    fit) and the synthesized mask follows the declared type."""
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]),
+             helper.make_node("Mul", ["e", "m3"], ["y"])]
+    axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
+    graph = helper.make_graph(nodes, "int32", [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "total"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table, axes])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 9
+    feeds = ModelInputs.of(proto).complete({"input_ids": np.array([[1, 9, 3]], np.int64)})
+    assert feeds["input_ids"].dtype == np.int32 and feeds["attention_mask"].dtype == np.int32
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(out[0, 1], [36, 37, 38, 39])

@@ -74,9 +74,14 @@ def test_isa_override_falls_back(tmp_path):
         return subprocess.run([out], capture_output=True, text=True, env=env, check=True).stdout.strip()
 
     best = isa(None)
-    assert best in ("scalar", "avx2", "avx512vnni")
+    assert best in ("scalar", "avx2", "avx512vnni", "neon", "dotprod", "i8mm")
     assert isa("scalar") == "scalar"
-    assert isa("avx512vnni") == best  # never above what the CPU has
     assert isa("bogus") == best
-    if best != "scalar":
+    if best in ("avx2", "avx512vnni"):
+        assert isa("avx512vnni") == best  # never above what the CPU has
         assert isa("avx2") == "avx2"
+        assert isa("i8mm") == best  # another architecture's level: as unknown
+    if best in ("neon", "dotprod", "i8mm"):
+        assert isa("i8mm") == best
+        assert isa("neon") == "neon"
+        assert isa("avx2") == best

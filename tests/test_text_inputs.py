@@ -112,3 +112,24 @@ def test_keep_rules_still_warn_on_the_builtin_smoothquant_recipe(tmp_path, text_
                  "-q"]) == 0
     err = capsys.readouterr().err
     assert "match=nomatch* -> keep) matches no layer" in err and "role=head" not in err
+
+
+def test_auto_mode_measures_exports_on_text_in_their_own_tokenizer(tmp_path, capsys):
+    """Mode auto (the default) and budgets need calibration inputs; an export with no onnxq
+    metadata gets them from the tokenizer.json beside it instead of falling back to exact."""
+    from onnxq.zoo.calibration import CALIBRATION_SENTENCES, DEFAULT_LENGTH, DEFAULT_SEQUENCES, default_batches
+
+    batches, source = default_batches(str(model("genai-smollm2")), progress=False)
+    assert len(batches) == DEFAULT_SEQUENCES and batches[0]["input_ids"].shape == (1, DEFAULT_LENGTH)
+    assert "genai-smollm2/tokenizer.json" in source
+    batches, source = default_batches(str(model("ortopt-minilm")), progress=False)
+    assert batches[0]["input_ids"].shape[0] == len(CALIBRATION_SENTENCES) and "sentences" in source
+    lonely = tmp_path / "model.onnx"
+    shutil.copy(model("optimum-minilm"), lonely)
+    assert default_batches(str(lonely), progress=False) == (
+        None, "the model has no onnxq.model.kind/family metadata and no tokenizer.json beside it")
+    assert main(["quantize", str(model("optimum-smollm2")), "-o", str(tmp_path / "q.onnx"), "--type", "q4_k",
+                 "--report", str(tmp_path / "q.json"), "-q"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    modes = {layer["mode"] for layer in json.loads((tmp_path / "q.json").read_text())["layers"] if layer["kind"] == "linear"}
+    assert modes <= {"fast", "exact"} and modes

@@ -58,5 +58,5 @@ def test_self_generated_calibration_is_seeded_model_text():
     tok = zoo.load_tokenizer("smollm2-135m")
     assert tok.decode(list(a[0]["input_ids"][0])).startswith("The")
     assert int(a[0]["input_ids"].max()) < 49152 and int(a[0]["input_ids"].min()) >= 0
-    with pytest.raises(ModelError, match="no KV-cache twin"):
+    with pytest.raises(ModelError, match="needs a causal language model"):
         self_generated_batches("all-minilm-l6-v2", progress=False)

@@ -126,7 +126,20 @@ typedef void (*onnxq_fdot_fn)(const uint8_t *g, int64_t nb, const float *x, int6
 typedef void (*onnxq_ukernel_fn)(int64_t kc, const float *const xrows[ONNXQ_MR], const float *pa, const float *pb,
                                  float *c, int64_t ldc, int accumulate, const float *bias);
 
-enum { ONNXQ_ISA_SCALAR = 0, ONNXQ_ISA_AVX2 = 1, ONNXQ_ISA_AVX512VNNI = 2, ONNXQ_ISA_COUNT = 3 };
+/*
+ * Gather: dequantize one ggml block (a row's block restored by onnxq_unpack_group_block)
+ * into y[0 .. block size), bit-identical to onnxq_dequantize_blocks. NULL in a table: the
+ * scalar one is used.
+ */
+typedef void (*onnxq_dequant_fn)(const uint8_t *block, float *y);
+
+/* Levels of one architecture are consecutive, lowest first (ONNXQ_ISA caps within them). */
+enum {
+    ONNXQ_ISA_SCALAR = 0,
+    ONNXQ_ISA_AVX2 = 1, ONNXQ_ISA_AVX512VNNI = 2,
+    ONNXQ_ISA_NEON = 3, ONNXQ_ISA_DOTPROD = 4, ONNXQ_ISA_I8MM = 5,
+    ONNXQ_ISA_COUNT = 6
+};
 
 /* Indexed by weight type through onnxq_type_slot(). */
 #define ONNXQ_NSLOTS 8
@@ -139,6 +152,7 @@ typedef struct {
     onnxq_panel_fn panel[ONNXQ_NSLOTS];
     onnxq_fdot_fn fdot[ONNXQ_NSLOTS];
     onnxq_ukernel_fn ukernel;
+    onnxq_dequant_fn dequant[ONNXQ_NSLOTS];
 } onnxq_kernel_table;
 
 /* 0..7 for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K, -1 otherwise. */
@@ -182,6 +196,9 @@ enum {
 extern const onnxq_kernel_table onnxq_kernels_scalar;
 const onnxq_kernel_table *onnxq_kernels_avx2(void);
 const onnxq_kernel_table *onnxq_kernels_avx512vnni(void);
+const onnxq_kernel_table *onnxq_kernels_neon(void);
+const onnxq_kernel_table *onnxq_kernels_dotprod(void);
+const onnxq_kernel_table *onnxq_kernels_i8mm(void);
 
 /* The table for an ISA level if this build has it and this CPU runs it, else NULL. */
 const onnxq_kernel_table *onnxq_kernels_for_isa(int isa);

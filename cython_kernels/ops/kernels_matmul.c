@@ -28,11 +28,36 @@
 
 /* ---------------- dispatch ---------------- */
 
+#if defined(__aarch64__) && (defined(__linux__) || defined(__ANDROID__))
+#include <sys/auxv.h>
+/* Bit values from the kernel's uapi hwcap.h, for C libraries whose headers predate them. */
+#ifndef AT_HWCAP2
+#define AT_HWCAP2 26
+#endif
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1UL << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1UL << 13)
+#endif
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+static int apple_feature(const char *name) {
+    int v = 0;
+    size_t len = sizeof v;
+    /* unknown names (older macOS) fail: the feature then counts as absent */
+    return sysctlbyname(name, &v, &len, NULL, 0) == 0 && v != 0;
+}
+#endif
+
 static int cpu_has(int isa) {
+    if (isa == ONNXQ_ISA_SCALAR) return 1;
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     switch (isa) {
-    case ONNXQ_ISA_SCALAR: return 1;
     case ONNXQ_ISA_AVX2:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case ONNXQ_ISA_AVX512VNNI:
@@ -40,8 +65,27 @@ static int cpu_has(int isa) {
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     default: return 0;
     }
+#elif defined(__aarch64__) && (defined(__linux__) || defined(__ANDROID__))
+    const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    switch (isa) {
+    case ONNXQ_ISA_NEON: return (hw & HWCAP_ASIMD) != 0;
+    case ONNXQ_ISA_DOTPROD: return (hw & HWCAP_ASIMD) && (hw & HWCAP_ASIMDDP);
+    /* the i8mm table keeps SDOT for single rows */
+    case ONNXQ_ISA_I8MM: return (hw & HWCAP_ASIMD) && (hw & HWCAP_ASIMDDP) && (hw2 & HWCAP2_I8MM);
+    default: return 0;
+    }
+#elif defined(__aarch64__) && defined(__APPLE__)
+    switch (isa) {
+    case ONNXQ_ISA_NEON: return 1;
+    case ONNXQ_ISA_DOTPROD: return apple_feature("hw.optional.arm.FEAT_DotProd");
+    case ONNXQ_ISA_I8MM: return apple_feature("hw.optional.arm.FEAT_DotProd") && apple_feature("hw.optional.arm.FEAT_I8MM");
+    default: return 0;
+    }
+#elif defined(__aarch64__)
+    /* Advanced SIMD is part of every aarch64 CPU; other OSes get no probe for the extensions. */
+    return isa == ONNXQ_ISA_NEON;
 #else
-    return isa == ONNXQ_ISA_SCALAR;
+    return 0;
 #endif
 }
 
@@ -51,9 +95,14 @@ const onnxq_kernel_table *onnxq_kernels_for_isa(int isa) {
     case ONNXQ_ISA_SCALAR: return &onnxq_kernels_scalar;
     case ONNXQ_ISA_AVX2: return onnxq_kernels_avx2();
     case ONNXQ_ISA_AVX512VNNI: return onnxq_kernels_avx512vnni();
+    case ONNXQ_ISA_NEON: return onnxq_kernels_neon();
+    case ONNXQ_ISA_DOTPROD: return onnxq_kernels_dotprod();
+    case ONNXQ_ISA_I8MM: return onnxq_kernels_i8mm();
     default: return NULL;
     }
 }
+
+static const char *const ISA_NAMES[ONNXQ_ISA_COUNT] = {"scalar", "avx2", "avx512vnni", "neon", "dotprod", "i8mm"};
 
 static _Atomic(const onnxq_kernel_table *) g_active;
 
@@ -63,11 +112,12 @@ const onnxq_kernel_table *onnxq_kernels_active(void) {
     /* Every thread that races here computes the same answer; storing it twice is harmless. */
     int cap = ONNXQ_ISA_COUNT - 1;
     const char *env = getenv("ONNXQ_ISA");
-    if (env) {
-        if (!strcmp(env, "scalar")) cap = ONNXQ_ISA_SCALAR;
-        else if (!strcmp(env, "avx2")) cap = ONNXQ_ISA_AVX2;
-        else if (!strcmp(env, "avx512vnni")) cap = ONNXQ_ISA_AVX512VNNI;
-    }
+    for (int isa = 0; env && isa < ONNXQ_ISA_COUNT; ++isa)
+        if (!strcmp(env, ISA_NAMES[isa])) cap = isa;
+    /* A level of the other architecture means nothing here: like an unknown name, the best. */
+    const int family_base = cap <= ONNXQ_ISA_AVX512VNNI ? ONNXQ_ISA_AVX2 : ONNXQ_ISA_NEON;
+    if (cap != ONNXQ_ISA_SCALAR && !onnxq_kernels_for_isa(family_base)) cap = ONNXQ_ISA_COUNT - 1;
+    /* levels of the other architecture below the cap are never available: the walk skips them */
     for (int isa = cap; isa >= 0 && !t; --isa) t = onnxq_kernels_for_isa(isa);
     atomic_store_explicit(&g_active, t, memory_order_release);
     return t;
@@ -453,6 +503,7 @@ int onnxq_matmul(const onnxq_weight *w, const float *X, int64_t M, const float *
 
 typedef struct {
     const onnxq_weight *w;
+    const onnxq_kernel_table *T;
     const int64_t *idx;
     int64_t M;
     float *Y;
@@ -474,14 +525,16 @@ static void gather_task(void *user, size_t t) {
         for (int p = 0; p < w->nparts; ++p) {
             const onnxq_wpart *pt = &w->part[p];
             const uint8_t *gd = group_data(pt, g);
+            const int slot = onnxq_type_slot(pt->type);
+            const onnxq_dequant_fn dq = J->T->dequant[slot] ? J->T->dequant[slot] : onnxq_kernels_scalar.dequant[slot];
             for (int64_t b = 0; b < pt->nb; ++b) {
                 const int64_t k = pt->k0 + b * pt->bs;
                 if (k >= K) break;
                 onnxq_unpack_group_block(pt->type, gd + b * pt->gbytes, r, block);
                 if (K - k >= pt->bs) {
-                    onnxq_dequantize_blocks(pt->type, block, y + k, pt->bs);
+                    dq(block, y + k);
                 } else { /* padded last block: only K - k elements exist in Y */
-                    onnxq_dequantize_blocks(pt->type, block, scratch, pt->bs);
+                    dq(block, scratch);
                     memcpy(y + k, scratch, (size_t)(K - k) * sizeof(float));
                 }
             }
@@ -491,7 +544,7 @@ static void gather_task(void *user, size_t t) {
 
 int onnxq_gather(const onnxq_weight *w, const int64_t *idx, int64_t M, float *Y, const onnxq_runner *run) {
     if (M <= 0) return ONNXQ_KERNEL_OK;
-    gather_job J = {w, idx, M, Y, 0};
+    gather_job J = {w, onnxq_kernels_active(), idx, M, Y, 0};
     J.per_task = units_per_task(M, run, (1 << 16) / (w->L.K + 1) + 1);
     return run_tasks(run, gather_task, (size_t)((M + J.per_task - 1) / J.per_task), &J);
 }

@@ -5,6 +5,7 @@
  * floats. Each row's quants are first decoded from the group-block (decode_*), then
  * used exactly as ggml's scalar vec_dot / dequantize_row use them.
  */
+#include "ggml_dequant.h"
 #include "kernels_impl.h"
 
 /* ---- activation quantizers ---- */
@@ -385,6 +386,19 @@ static void quant_q8_K(const float *x, int64_t n, int64_t nb, int8_t *qs, float 
     onnxq_quant_q8_K_scalar(x, n, nb, qs, d, b16, b32);
 }
 
+/* ---- gather: one ggml block ---- */
+
+#define DEQUANT_SCALAR(t, T, BS) \
+    static void dequant_##t(const uint8_t *block, float *y) { onnxq_dequantize_blocks(T, block, y, BS); }
+DEQUANT_SCALAR(q4_0, ONNXQ_TYPE_Q4_0, 32)
+DEQUANT_SCALAR(q4_1, ONNXQ_TYPE_Q4_1, 32)
+DEQUANT_SCALAR(q5_0, ONNXQ_TYPE_Q5_0, 32)
+DEQUANT_SCALAR(q5_1, ONNXQ_TYPE_Q5_1, 32)
+DEQUANT_SCALAR(q8_0, ONNXQ_TYPE_Q8_0, 32)
+DEQUANT_SCALAR(q4_K, ONNXQ_TYPE_Q4_K, QK_K)
+DEQUANT_SCALAR(q5_K, ONNXQ_TYPE_Q5_K, QK_K)
+DEQUANT_SCALAR(q6_K, ONNXQ_TYPE_Q6_K, QK_K)
+
 const onnxq_kernel_table onnxq_kernels_scalar = {
     .name = "scalar",
     .quant_q8_0 = quant_q8_0,
@@ -393,4 +407,6 @@ const onnxq_kernel_table onnxq_kernels_scalar = {
     .panel = {panel_q4_0, panel_q4_1, panel_q5_0, panel_q5_1, panel_q8_0, panel_q4_K, panel_q5_K, panel_q6_K},
     .fdot = {fdot_q4_0, fdot_q4_1, fdot_q5_0, fdot_q5_1, fdot_q8_0, fdot_q4_K, fdot_q5_K, fdot_q6_K},
     .ukernel = ukernel_scalar,
+    .dequant = {dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequant_q8_0, dequant_q4_K, dequant_q5_K,
+                dequant_q6_K},
 };

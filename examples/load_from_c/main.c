@@ -6,7 +6,7 @@
  * from `python -c "import onnxq; print(onnxq.get_library_path())"`) then provides the
  * `onnxq` domain (GgmlMatMul, GgmlGather) to every session made from those options.
  * C++, C# and Java have the same call (Ort::SessionOptions::RegisterCustomOpsLibrary,
- * SessionOptions.RegisterCustomOpsLibraryV2, OrtSession.SessionOptions.registerCustomOpLibrary).
+ * SessionOptions.RegisterCustomOpLibraryV2, OrtSession.SessionOptions.registerCustomOpLibrary).
  *
  * Usage: load_from_c LIBONNXQ_OPS MODEL M K
  *   runs MODEL's input "X" = float32 [M, K] (x[i] = ((i * 37) % 19 - 9) / 8) and prints

@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--recipe", help=f"preset or recipe file (default {DEFAULT_RECIPE}; encoder-q6 for all-minilm-l6-v2)")
     what.add_argument("--type", help="one GGML type everywhere instead of a recipe (q4_0 ... q6_k)")
-    parser.add_argument("--mode", choices=("fast", "exact"), help="GGML matmul mode (default: the recipe's)")
+    parser.add_argument("--mode", choices=("auto", "fast", "exact"), help="GGML matmul mode (default: the recipe's, auto)")
     parser.add_argument("--out-dir", default="onnxq-demo", help="where the quantized model goes (default ./onnxq-demo)")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                         help=f"LM: tokens of text to evaluate on (default {DEFAULT_MAX_TOKENS})")

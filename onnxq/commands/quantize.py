@@ -13,6 +13,16 @@ import os
 import sys
 
 
+#: the options that name calibration data: (flag, metavar, help)
+_DATA_OPTIONS = (
+    ("--imatrix-data", "DATA", "calibration inputs (.npz, one array per model input; input_ids alone will do) to "
+                               "compute an importance matrix, or an imatrix .npz saved with --save-imatrix"),
+    ("--save-imatrix", "FILE.npz", "save the importance matrix for reuse"),
+    ("--calib", "DATA", "calibration inputs (.npz; input_ids alone will do) for SmoothQuant (whole model or "
+                        "recipe layers), --awq, mode auto and budgets"),
+)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     from ..presets import preset_names
     from ..text_inputs import DEFAULT_WINDOW, DEFAULT_WINDOWS
@@ -27,16 +37,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--method", choices=("ggml", "smoothquant"), default="ggml",
                         help="ggml (default): GGML blocks via --type/--recipe; smoothquant: whole-model W8A8")
-    parser.add_argument("--mode", choices=("fast", "exact"),
-                        help="GGML matmul mode for layers whose rule does not say: exact (float activations, "
-                             "the default) or fast (activations quantized to 8-bit blocks, as ggml)")
-    parser.add_argument("--imatrix-data", metavar="DATA",
-                        help="calibration inputs (.npz, one array per model input; input_ids alone will do) to "
-                             "compute an importance matrix, or an imatrix .npz saved with --save-imatrix")
-    parser.add_argument("--save-imatrix", metavar="FILE.npz", help="save the importance matrix for reuse")
-    parser.add_argument("--calib", metavar="DATA",
-                        help="calibration inputs (.npz; input_ids alone will do) for SmoothQuant (whole model or "
-                             "recipe layers) and --awq")
+    parser.add_argument("--mode", choices=("auto", "fast", "exact"),
+                        help="GGML matmul mode for layers whose rule does not say: auto (the default: per layer, "
+                             "fast where the measured cost of 8-bit activations is below --auto-threshold, on "
+                             "--calib data or, without it, self-generated text / shipped sentences), exact (float "
+                             "activations) or fast (activations quantized to 8-bit blocks, as ggml)")
+    parser.add_argument("--auto-threshold", type=float, metavar="F",
+                        help="mode auto: fast where it adds less than this fraction to a layer's output error "
+                             "(default 0.25, measured: docs/budget.md)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--target-bpw", type=float, metavar="B",
+                        help="mixed precision within B bits per weight (every quantized weight, embeddings "
+                             "included, as inspect counts): a type per layer from costs measured on --calib data "
+                             "(or self-generated text / shipped sentences)")
+    budget.add_argument("--target-size", metavar="SIZE",
+                        help="mixed precision within a file size, e.g. 90MB or 85MiB (as --target-bpw)")
+    parser.add_argument("--save-recipe", metavar="FILE.yaml",
+                        help="with --target-bpw/--target-size: write the chosen mix as a recipe (.yaml or .json) "
+                             "that reproduces the file byte for byte")
+    for flag, metavar, text in _DATA_OPTIONS:
+        parser.add_argument(flag, metavar=metavar, help=text)
     text = parser.add_argument_group(
         "calibration from text (windows of token ids; the model's other inputs, such as attention_mask, "
         "position_ids and an empty KV cache, are synthesized)")
@@ -94,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxqError(f"--calib-batches must be >= 1, got {args.calib_batches}")
     if args.awq_explicit_mul and not args.awq:
         raise OnnxqError("--awq-explicit-mul is an option of --awq")
+    if args.target_bpw is not None or args.target_size is not None:
+        return _run_budget(args)
+    if args.save_recipe:
+        raise OnnxqError("--save-recipe writes the mix a --target-bpw/--target-size run chose")
     smoothquant = args.method == "smoothquant"
     if smoothquant:
         if args.awq:
@@ -131,9 +155,41 @@ def run(args: argparse.Namespace) -> int:
         awq=({"explicit_mul": True} if args.awq_explicit_mul else True) if args.awq else None,
         threads=args.threads,
         calibration_batches=args.calib_batches,
+        auto_threshold=args.auto_threshold,
         keep=args.keep,
         progress=not args.quiet,
     )
+    _print_report(args, report)
+    return 0
+
+
+def _run_budget(args: argparse.Namespace) -> int:
+    """``--target-bpw`` / ``--target-size``: measured costs -> a type per layer."""
+    from ..budget import quantize_to_budget
+    from ..errors import OnnxqError
+
+    clashes = [flag for flag, given in (("--type", args.type), ("--recipe", args.recipe), ("--awq", args.awq),
+                                        ("--keep", args.keep), ("--method smoothquant", args.method == "smoothquant"))
+               if given]
+    if clashes:
+        raise OnnxqError(f"a budget chooses every layer's type: {clashes[0]} does not go with --target-bpw/--target-size")
+    calib, imatrix_data = _calibration_sources(args)
+    report = quantize_to_budget(
+        args.input, args.output, target_bpw=args.target_bpw, target_size=args.target_size,
+        calibration_data=calib if calib is not None else imatrix_data, save_recipe=args.save_recipe, mode=args.mode,
+        auto_threshold=args.auto_threshold, threads=args.threads, progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(report.layer_table())
+    print(report.budget.summary())
+    if args.save_recipe:
+        print(f"recipe: {args.save_recipe} (reproduces {args.output} byte for byte)")
+    _print_report(args, report)
+    return 0
+
+
+def _print_report(args: argparse.Namespace, report) -> None:
+    smoothquant = args.method == "smoothquant"
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if smoothquant:
@@ -149,7 +205,6 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         with open(args.report, "w", encoding="utf-8") as fh:
             json.dump(report.to_dict(), fh, indent=2)
-    return 0
 
 
 def _calibration_sources(args: argparse.Namespace):

@@ -18,6 +18,7 @@ from . import metrics
 from ..corpora import SentenceSet
 from .models import TimedModel
 from .progress import progress_bar
+from ..text_inputs import encode_batch, pad_id as _pad_id
 from .tokenizer import copy_tokenizer
 
 DEFAULT_BATCH_SIZE = 16
@@ -28,32 +29,6 @@ DEFAULT_MAX_LENGTH = 256
 def embedding_output(model: TimedModel) -> str:
     """``last_hidden_state`` if present, else the only output."""
     return model.output_for("last_hidden_state", "embeddings")
-
-
-def _pad_id(tokenizer: Any) -> int:
-    padding = tokenizer.padding
-    if padding and padding.get("pad_id") is not None:
-        return int(padding["pad_id"])
-    for token in ("[PAD]", "<pad>", "<|pad|>"):
-        token_id = tokenizer.token_to_id(token)
-        if token_id is not None:
-            return int(token_id)
-    return 0  # masked out by the attention mask; any valid id will do
-
-
-def encode_batch(tokenizer: Any, sentences: Sequence[str], pad_id: int) -> dict[str, np.ndarray]:
-    """int64 input_ids, attention_mask and token_type_ids [B, S], padded on the right."""
-    encodings = tokenizer.encode_batch(list(sentences))
-    length = max(len(e.ids) for e in encodings)
-    ids = np.full((len(encodings), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(encodings), length), dtype=np.int64)
-    types = np.zeros((len(encodings), length), dtype=np.int64)
-    for row, enc in enumerate(encodings):
-        n = len(enc.ids)
-        ids[row, :n] = enc.ids
-        mask[row, :n] = 1
-        types[row, :n] = enc.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def encoder_feeds(model: TimedModel, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

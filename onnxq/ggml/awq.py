@@ -221,7 +221,9 @@ class GroupErrorModel:
     (per-site relative errors, so that small-weight sites such as q/k count as much as v).
 
     ``sites``: ``{name: (W [K, N] float32, qtype, tail type or None)}``; ``rows``: sampled
-    activations [R, K]; ``imatrix``: mean x^2 per channel of X (or None)."""
+    activations [R, K]; ``imatrix``: mean x^2 per channel of X (or None). ``fast=True``
+    measures fast mode instead of exact: the rows are first rounded to 8-bit blocks as the
+    op does (:mod:`onnxq.ggml.fastmode`)."""
 
     def __init__(self, sites: Mapping[str, Tuple[np.ndarray, str, Optional[str]]], rows: np.ndarray,
                  imatrix: Optional[np.ndarray] = None, threads: Optional[int] = None) -> None:
@@ -244,9 +246,19 @@ class GroupErrorModel:
         self.imatrix = None if imatrix is None else np.asarray(imatrix, dtype=np.float64)
         self._energy = {n: float(np.sum(np.square(r, dtype=np.float64))) for n, r in self.reference.items()}
 
-    def error(self, s: Optional[np.ndarray] = None) -> float:
+    def error(self, s: Optional[np.ndarray] = None, fast: bool = False) -> float:
         """Mean relative output error of the group's sites with scales ``s`` (None: none)."""
-        errs = []
+        mode = "fast" if fast else "exact"
+        return float(np.mean([e[mode] for e in self.site_errors(s, (mode,)).values()]))
+
+    def site_errors(self, s: Optional[np.ndarray] = None,
+                    modes: Tuple[str, ...] = ("exact",)) -> Dict[str, Dict[str, float]]:
+        """``{site: {mode: relative output error}}`` with scales ``s``; each weight is
+        quantized once for all ``modes`` (``exact``: float activations, ``fast``: rounded
+        to 8-bit blocks as the op does)."""
+        from .fastmode import round_activations
+
+        errs: Dict[str, Dict[str, float]] = {}
         xs = self.rows if s is None else self.rows / s
         imx = None
         if self.imatrix is not None:
@@ -255,10 +267,13 @@ class GroupErrorModel:
         for name, (w, quantizer) in self.sites.items():
             ws = w if s is None else w * s[:, None]
             wq = quantizer.quantize(ws.T, imatrix=imx).dequantize(quantizer.num_threads).T
-            diff = (self.reference[name] - xs @ wq).ravel()
-            num = float(np.dot(diff, diff))
-            errs.append(num / self._energy[name] if self._energy[name] > 0 else num)
-        return float(np.mean(errs))
+            errs[name] = {}
+            for mode in modes:
+                x = round_activations(xs, quantizer.qtype, quantizer.tail_type) if mode == "fast" else xs
+                diff = (self.reference[name] - x @ wq).ravel()
+                num = float(np.dot(diff, diff))
+                errs[name][mode] = num / self._energy[name] if self._energy[name] > 0 else num
+        return errs
 
 
 # ----------------------------------------------------------------------------- the model step

@@ -10,7 +10,6 @@ norm) share one vector. Matrices are saved as ``.npz`` (no pickles) and reused.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
@@ -18,6 +17,7 @@ import numpy as np
 import onnx
 
 from ..errors import CalibrationError
+from ..modelio import atomic_write
 
 FORMAT_KEY = "onnxq_imatrix_version"
 FORMAT_VERSION = 1
@@ -53,17 +53,7 @@ class ImportanceMatrix:
         }
         for i, name in enumerate(names):
             arrays[f"v{i}"] = np.asarray(self.values[name], dtype=np.float32)
-        folder = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "ImportanceMatrix":

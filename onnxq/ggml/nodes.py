@@ -15,6 +15,7 @@ from onnx import AttributeProto, NodeProto, OperatorSetIdProto, TensorProto, hel
 
 from ..errors import ModelError
 from ..formats import K_QUANTS, MAX_K, MAX_N, TAIL_TYPES, WEIGHT_TYPES, row_bytes
+from ..plan import OP_MODES
 
 DOMAIN = "onnxq"
 OPSET_VERSION = 1
@@ -27,7 +28,7 @@ ATTR_K = "K"
 ATTR_N = "N"
 ATTR_TAIL_TYPE = "tail_type"
 ATTR_MODE = "mode"
-MODES = ("exact", "fast")
+MODES = OP_MODES
 
 
 def onnxq_opset() -> OperatorSetIdProto:

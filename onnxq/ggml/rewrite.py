@@ -29,7 +29,7 @@ from ..errors import ModelError
 from ..formats import row_bytes
 from ..graph_edit import names_read, unique_name
 from ..modelio import with_initializers
-from ..plan import DEFAULT_MODE, GGML, Plan
+from ..plan import GGML, OP_MODES, Plan
 from ..report import LayerResult
 from ..sites import Analysis, EmbeddingSite, LinearSite, ModelGraph, Skipped, bias_vector
 from .nodes import make_ggml_gather_node, make_ggml_matmul_node, onnxq_opset
@@ -221,8 +221,10 @@ def _matmul_nodes(job: _Rewrite, site: LinearSite, m) -> List[NodeProto]:
     if dtype != TensorProto.FLOAT:
         x, y = f"{site.name}/x.f32", f"{site.output}.f32"
         nodes.append(helper.make_node("Cast", [site.input], [x], to=TensorProto.FLOAT, name=f"{site.name}/cast_in"))
+    if m.mode not in OP_MODES:  # "auto" is resolved per layer by the pass before the rewrite
+        raise ModelError(f"layer {site.name!r}: mode {m.mode!r} was not resolved to one of {', '.join(OP_MODES)}")
     made = make_ggml_matmul_node(site.name, x, y, pack.name, quant_type=m.qtype, K=site.K, N=site.N, bias=bias_name,
-                                 tail_type=m.tail_type, mode=m.mode or DEFAULT_MODE)
+                                 tail_type=m.tail_type, mode=m.mode)
     nodes.append(made.node)
     if dtype != TensorProto.FLOAT:
         nodes.append(helper.make_node("Cast", [y], [site.output], to=dtype, name=f"{site.name}/cast_out"))
@@ -300,6 +302,7 @@ def _report(job: _Rewrite, result: PassResult) -> None:
             layer=site.layer, method=decision.method.label, K=site.K, N=site.N, source=decision.source,
             note=decision.note, tail_type=decision.method.tail_type,
             mode=None if is_emb else decision.method.mode, packed_bytes=pack.nbytes,
+            mode_reason=None if is_emb else decision.mode_reason,
         )
         owner = first_site.setdefault(pack.name, site.name)
         if owner == site.name:

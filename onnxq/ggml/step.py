@@ -12,18 +12,20 @@ import onnx
 from ..calibrate import StatsRequest
 from ..errors import CalibrationError
 from ..passes import MethodPass, QuantizeJob
-from ..plan import GGML
+from ..plan import AUTO, GGML
 from ..recipe import Recipe
 from .awq import AWQConfig, apply_awq, awq_tensors
 from .imatrix import ImportanceMatrix, as_imatrix, imatrix_from_stats, is_imatrix_file
+from .modes import DEFAULT_THRESHOLD, SAMPLE_ROWS, check_threshold
 from .rewrite import default_quantizer, run_ggml_pass
 
-__all__ = ["GGMLPass", "IMATRIX_KEY", "AWQ_KEY"]
+__all__ = ["GGMLPass", "IMATRIX_KEY", "AWQ_KEY", "MODES_KEY"]
 
 IMATRIX_KEY = "onnxq.imatrix"
 AWQ_KEY = "onnxq.awq"
+MODES_KEY = "onnxq.modes"
 
-_IMATRIX, _AWQ = "ggml.imatrix", "ggml.awq"
+_IMATRIX, _AWQ, _MODES = "ggml.imatrix", "ggml.awq", "ggml.modes"
 
 
 def _is_inputs(data: Any) -> bool:
@@ -53,6 +55,7 @@ class GGMLPass(MethodPass):
         self.awq_data: Any = None
         self.imatrix: Optional[ImportanceMatrix] = None
         self.imatrix_data: Any = None
+        self.threshold = DEFAULT_THRESHOLD
 
     @staticmethod
     def check_recipe(recipe: Recipe) -> None:
@@ -81,13 +84,29 @@ class GGMLPass(MethodPass):
             job.warnings.append(f"recipe {job.recipe.name!r} asks for awq, but no calibration data was given: "
                                 "awq skipped")
             self.awq = None
+        if o.auto_threshold is not None:
+            self.threshold = check_threshold(o.auto_threshold)
+        if self._auto_sites(job) and o.auto_data is None:
+            from .modes import resolve_without_data
+
+            resolve_without_data(job, o.auto_data_source)
 
     def _site_inputs(self, job: QuantizeJob) -> list:
         sites = {s.name: s for s in job.analysis.linear}
         return [sites[d.site].input for d in job.plan.by_kind(GGML) if d.site in sites]
 
+    @staticmethod
+    def _auto_sites(job: QuantizeJob) -> list:
+        linear = {s.name for s in job.analysis.linear}
+        return [d.site for d in job.plan.by_kind(GGML) if d.method.mode == AUTO and d.site in linear]
+
     def request(self, job: QuantizeJob) -> None:
         calib = job.calibration
+        auto = self._auto_sites(job)
+        if auto:
+            sites = {s.name: s for s in job.analysis.linear}
+            calib.request(_MODES, job.options.auto_data,
+                          StatsRequest(tuple(dict.fromkeys(sites[n].input for n in auto)), 16, SAMPLE_ROWS))
         want_imatrix = self.imatrix_data is not None
         if self.awq is not None:
             tensors = awq_tensors(job.analysis, job.plan)
@@ -108,16 +127,21 @@ class GGMLPass(MethodPass):
             self.imatrix = imatrix_from_stats(job.calibration.stats(key), self._site_inputs(job))
         if self.imatrix is not None and o.save_imatrix is not None:
             self.imatrix.save(o.save_imatrix)  # of the model as given, so that it can be reused
-        if self.awq is not None:
-            self._apply_awq(job)
+        scaled = self._apply_awq(job) if self.awq is not None else []
         if self.imatrix is not None:
             rows = max(self.imatrix.counts.values()) if self.imatrix.counts else 0
             job.metadata[IMATRIX_KEY] = json.dumps({"tensors": len(self.imatrix), "rows": rows}, sort_keys=True)
             job.reports["imatrix_tensors"] = len(self.imatrix)
+        if self._auto_sites(job):
+            from .modes import resolve_auto_modes
 
-    def _apply_awq(self, job: QuantizeJob) -> None:
+            resolve_auto_modes(job, job.calibration.stats(_MODES), scaled, self.threshold,
+                               self.imatrix.values if self.imatrix else None, MODES_KEY)
+
+    def _apply_awq(self, job: QuantizeJob) -> list:
         """Scale and fold (in memory), re-analyze, and carry the importance matrix over to
-        the scaled inputs (the imatrix of X / s is imatrix / s²)."""
+        the scaled inputs (the imatrix of X / s is imatrix / s²); returns AWQ's
+        ``[(input, new input, s)]``."""
         imx = self.imatrix
         report, scaled = apply_awq(job.model, job.analysis, job.plan, job.calibration.stats(_AWQ), self.awq,
                                    imatrix=imx.values if imx else None, base_dir=job.base_dir,
@@ -133,6 +157,7 @@ class GGMLPass(MethodPass):
             self.imatrix = ImportanceMatrix(values, counts)
         job.reports["awq"] = report
         job.metadata[AWQ_KEY] = report.metadata()
+        return scaled
 
     def write(self, job: QuantizeJob, writer: Any) -> Optional[onnx.ModelProto]:
         result = run_ggml_pass(

@@ -24,6 +24,26 @@ def empty_past(session, batch: int = 1) -> dict[str, np.ndarray]:
     return feeds
 
 
+def prefill_feeds(session, ids: Sequence[int], past: int = 0) -> dict[str, np.ndarray]:
+    """The inputs of one call of a causal LM on ``ids`` after ``past`` cached tokens:
+    ``input_ids``, and where the model takes them ``attention_mask`` (ones over past and
+    new), ``position_ids`` and, with no cache yet, empty ``past_key_values.*``."""
+    names = {i.name for i in session.get_inputs()}
+    n = len(ids)
+    feeds = {"input_ids": np.array([ids], dtype=np.int64)}
+    if "attention_mask" in names:
+        feeds["attention_mask"] = np.ones((1, past + n), dtype=np.int64)
+    if "position_ids" in names:
+        feeds["position_ids"] = np.arange(past, past + n, dtype=np.int64)[None, :]
+    if past == 0:
+        feeds.update(empty_past(session))
+    unknown = sorted(names - set(feeds) - {k for k in names if k.startswith("past_key_values.")})
+    if unknown:
+        raise ModelError(f"cannot fill model input(s) {', '.join(unknown)} of a causal LM "
+                         "(known: input_ids, attention_mask, position_ids, past_key_values.*)")
+    return feeds
+
+
 def greedy_generate(
     session,
     prompt_ids: Sequence[int],
@@ -61,15 +81,14 @@ def greedy_generate(
 
 def sample_generate(session, prompt_ids: Sequence[int], max_new_tokens: int, rng: np.random.Generator,
                     temperature: float = 1.0) -> list[int]:
-    """New token ids sampled from the model's own next-token distribution (a KV-cache
-    ``causal-lm-kv`` session), e.g. to make calibration text without outside data."""
-    if not _is_kv(session):
-        raise ModelError("sample_generate needs a KV-cache model (causal-lm-kv)")
+    """New token ids sampled from the model's own next-token distribution, e.g. to make
+    calibration text without outside data. A KV-cache session is stepped one token at a
+    time; a model without a cache is re-run on the whole prefix for every token."""
     if not prompt_ids:
         raise ModelError("sample_generate needs at least one prompt token")
     if temperature <= 0:
         raise ModelError(f"temperature must be > 0, got {temperature}")
-    stepper = _KVStepper(session)
+    stepper = _KVStepper(session) if _is_kv(session) else _PrefixStepper(session)
     logits = stepper.step([int(i) for i in prompt_ids])
     new: list[int] = []
     while len(new) < max_new_tokens:
@@ -93,14 +112,21 @@ class _KVStepper:
 
     def step(self, ids: Sequence[int]) -> np.ndarray:
         n = len(ids)
-        feeds = {
-            "input_ids": np.array([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, self.total + n), dtype=np.int64),
-            "position_ids": np.arange(self.total, self.total + n, dtype=np.int64)[None, :],
-            **self.past,
-        }
+        feeds = {**prefill_feeds(self.session, ids, self.total), **self.past}
         outs = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
         self.past = {name.replace("present.", "past_key_values.", 1): value
                      for name, value in outs.items() if name.startswith("present.")}
         self.total += n
         return outs["logits"][0, -1]
+
+
+class _PrefixStepper:
+    """A causal LM without a cache: every step re-runs the whole sequence so far."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.ids: list[int] = []
+
+    def step(self, ids: Sequence[int]) -> np.ndarray:
+        self.ids.extend(int(i) for i in ids)
+        return self.session.run(["logits"], prefill_feeds(self.session, self.ids))[0][0, -1]

@@ -78,6 +78,7 @@ __attribute__((noreturn, used)) void _start(void) {
     test_panel(T);
     test_fdot(T);
     test_gemm(T);
+    test_dequant(T);
     emu_result.done = 1;
     for (;;) __asm__ volatile("hlt");
 }

@@ -8,7 +8,8 @@
 
 #include <stdint.h>
 
-/* Select the kernels by ISA level (0 scalar, 1 avx2, 2 avx512vnni): 1 if available, else 0. */
+/* Select the kernels by ISA level (0 scalar, 1 avx2, 2 avx512vnni, 3 neon, 4 dotprod, 5 i8mm):
+ * 1 if this build has it and this CPU runs it, else 0. */
 int h_set_isa(int isa);
 const char *h_isa(void);
 /* Y[M, N] = X @ dequant(W).T (+ bias); tail_type -1 for none. Returns the kernel status,

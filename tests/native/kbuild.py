@@ -29,6 +29,19 @@ def compiler() -> str | None:
     return shutil.which("gcc") or shutil.which("cc")
 
 
+# Cross-building for aarch64 Linux (tests/test_ops_aarch64.py): Debian's cross gcc, run
+# under qemu-user. Static links need no aarch64 sysroot at run time.
+AARCH64_CC = "aarch64-linux-gnu-gcc"
+
+
+def aarch64_compiler() -> str | None:
+    return shutil.which(AARCH64_CC)
+
+
+def qemu_aarch64() -> str | None:
+    return shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+
+
 def kernel_sources() -> list[str]:
     return sorted(os.path.join(OPS, f) for f in os.listdir(OPS) if f.startswith("kernels_") and f.endswith(".c"))
 
@@ -40,9 +53,10 @@ def _inputs() -> list[str]:
     return kernel_sources() + heads
 
 
-def objects(flags: list[str]) -> list[str]:
-    """Object files of the kernels plus tests/native/*.c (except bench) built with flags."""
-    cc = compiler()
+def objects(flags: list[str], cc: str | None = None) -> list[str]:
+    """Object files of the kernels plus tests/native/*.c (except bench) built with flags
+    (by cc, the native compiler unless given)."""
+    cc = cc or compiler()
     h = hashlib.sha256(" ".join([cc or ""] + BASE_FLAGS + flags).encode())
     for path in _inputs():
         with open(path, "rb") as fh:
@@ -67,8 +81,8 @@ def objects(flags: list[str]) -> list[str]:
     return objs
 
 
-def link(objs: list[str], out: str, flags: list[str], shared: bool = False) -> str:
-    cmd = [compiler(), *flags, *(["-shared"] if shared else []), *objs, "-o", out, "-lpthread", "-lm"]
+def link(objs: list[str], out: str, flags: list[str], shared: bool = False, cc: str | None = None) -> str:
+    cmd = [cc or compiler(), *flags, *(["-shared"] if shared else []), *objs, "-o", out, "-lpthread", "-lm"]
     subprocess.run(cmd, check=True, capture_output=True)
     return out
 
@@ -81,3 +95,16 @@ def sanitizers_work(tmp_dir: str) -> bool:
     exe = os.path.join(tmp_dir, "probe")
     res = subprocess.run([cc, "-fsanitize=address,undefined", src, "-o", exe], capture_output=True)
     return res.returncode == 0 and subprocess.run([exe], capture_output=True).returncode == 0
+
+
+def dynamic_deps(readelf: str, lib: str) -> tuple[set[str], set[str]]:
+    """(NEEDED libraries, exported functions and objects) of a shared library, from readelf."""
+    dyn = subprocess.run([readelf, "-d", "-W", lib], capture_output=True, text=True, check=True).stdout
+    needed = {line.split("[")[1].rstrip("]") for line in dyn.splitlines() if "(NEEDED)" in line}
+    syms = subprocess.run([readelf, "--dyn-syms", "-W", lib], capture_output=True, text=True, check=True).stdout
+    exported = set()
+    for line in syms.splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[4] in ("GLOBAL", "WEAK") and f[6] != "UND" and f[3] in ("FUNC", "OBJECT"):
+            exported.add(f[7].split("@")[0])
+    return needed, exported

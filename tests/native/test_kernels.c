@@ -11,7 +11,10 @@
  *   gemm      SIMD gemv / micro-kernel == scalar to float tolerance
  *   matmul    the whole driver (both modes, M in {1..}, padded K, tails, N % 8 != 0,
  *             1 and 3 threads) against a float64 reference from ggml_dequant.h
- *   gather    bit-identical to ggml_dequant.h
+ *   gather    bit-identical to ggml_dequant.h, every ISA level (and each level's block
+ *             dequantization on its own)
+ *   odd       every type with K not a multiple of 256 (padded blocks, tails), N = 1 and 9,
+ *             M in {1, 3, 17, 64}
  *
  * Prints one line per failure and "N passed, M failed" at the end; exit status 1 on failure.
  */
@@ -53,90 +56,104 @@ static const layout_case LAYOUTS[] = {
     {ONNXQ_TYPE_Q6_K, ONNXQ_TYPE_Q4_1, 40},  {ONNXQ_TYPE_Q4_K, ONNXQ_TYPE_Q5_1, 512},
 };
 
-static void test_matmul_and_gather(void) {
-    const int nlay = (int)(sizeof LAYOUTS / sizeof LAYOUTS[0]);
-    for (int li = 0; li < nlay; ++li) {
-        const layout_case *lc = &LAYOUTS[li];
-        onnxq_row_layout L;
-        if (onnxq_row_layout_init(&L, lc->type, lc->tail, lc->K) != ONNXQ_LAYOUT_OK) {
-            CHECK(0, "layout %d", li);
-            continue;
+/* Odd shapes for every type: K never a multiple of 256 (padded last blocks, 32-element
+ * tails after K-quant super-blocks), N = 1 and a group and a bit, M around the 8-row chunks. */
+static const layout_case ODD_LAYOUTS[] = {
+    {ONNXQ_TYPE_Q4_0, -1, 77},  {ONNXQ_TYPE_Q4_1, -1, 45},  {ONNXQ_TYPE_Q5_0, -1, 100},
+    {ONNXQ_TYPE_Q5_1, -1, 33},  {ONNXQ_TYPE_Q8_0, -1, 290}, {ONNXQ_TYPE_Q4_K, ONNXQ_TYPE_Q4_0, 300},
+    {ONNXQ_TYPE_Q5_K, ONNXQ_TYPE_Q8_0, 333}, {ONNXQ_TYPE_Q6_K, ONNXQ_TYPE_Q5_1, 600},
+    {ONNXQ_TYPE_Q4_K, -1, 300}, {ONNXQ_TYPE_Q5_K, -1, 260}, {ONNXQ_TYPE_Q6_K, -1, 700},
+};
+
+/* One layout with N rows: gather bit-exact and matmul within tolerance of a float64
+ * reference, for every ISA level this CPU runs, both modes, each M in Ms. */
+static void check_layout(const layout_case *lc, int64_t N, const int64_t *Ms, int nM) {
+    onnxq_row_layout L;
+    if (onnxq_row_layout_init(&L, lc->type, lc->tail, lc->K) != ONNXQ_LAYOUT_OK) {
+        CHECK(0, "layout %s K %lld", tname(lc->type), (long long)lc->K);
+        return;
+    }
+    const int64_t K = lc->K;
+    int64_t Mmax = 1;
+    for (int i = 0; i < nM; ++i) Mmax = Ms[i] > Mmax ? Ms[i] : Mmax;
+    uint8_t *W = malloc((size_t)(N * L.row_bytes));
+    for (int64_t n = 0; n < N; ++n) {
+        uint8_t *row = W + n * L.row_bytes;
+        for (int64_t b = 0; b < L.n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
+        for (int64_t b = 0; b < L.n_tail; ++b)
+            random_block(lc->tail, row + L.main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
+    }
+    /* reference: dequantize every row */
+    float *Wd = malloc(sizeof(float) * (size_t)(N * K)), scratch[QK_K];
+    for (int64_t n = 0; n < N; ++n) onnxq_dequantize_row(&L, W + n * L.row_bytes, Wd + n * K, scratch);
+    int64_t idx[23];
+    for (int i = 0; i < 23; ++i) idx[i] = (int64_t)(rnd() % (uint64_t)N);
+    float *G = malloc(sizeof(float) * (size_t)(23 * K));
+    float *X = malloc(sizeof(float) * (size_t)(Mmax * K)), *bias = malloc(sizeof(float) * (size_t)N);
+    float *Y = malloc(sizeof(float) * (size_t)(Mmax * N));
+    for (int64_t i = 0; i < Mmax * K; ++i) X[i] = rnd_normal();
+    for (int64_t n = 0; n < N; ++n) bias[n] = rnd_normal();
+    /* per element, the abs-max of the activation block it is quantized in */
+    float *amax = malloc(sizeof(float) * (size_t)(Mmax * K));
+    for (int64_t m = 0; m < Mmax; ++m)
+        for (int64_t k0 = 0; k0 < K;) {
+            const int bsz = (k0 < L.main_elems && tbs(lc->type) == QK_K) ? QK_K : 32;
+            const int64_t k1 = k0 + bsz < K ? k0 + bsz : K;
+            float a = 0;
+            for (int64_t k = k0; k < k1; ++k) a = fmaxf(a, fabsf(X[m * K + k]));
+            for (int64_t k = k0; k < k1; ++k) amax[m * K + k] = a;
+            k0 = k1;
         }
-        const int64_t N = 19 + li, K = lc->K;
-        uint8_t *W = malloc((size_t)(N * L.row_bytes));
-        for (int64_t n = 0; n < N; ++n) {
-            uint8_t *row = W + n * L.row_bytes;
-            for (int64_t b = 0; b < L.n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
-            for (int64_t b = 0; b < L.n_tail; ++b)
-                random_block(lc->tail, row + L.main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
-        }
-        /* reference: dequantize every row */
-        float *Wd = malloc(sizeof(float) * (size_t)(N * K)), scratch[QK_K];
-        for (int64_t n = 0; n < N; ++n) onnxq_dequantize_row(&L, W + n * L.row_bytes, Wd + n * K, scratch);
+    for (int isa = 0; isa < ONNXQ_ISA_COUNT; ++isa) {
+        if (!h_set_isa(isa)) continue;
         /* gather: bit-exact */
-        int64_t idx[23];
-        for (int i = 0; i < 23; ++i) idx[i] = (int64_t)(rnd() % (uint64_t)N);
-        float *G = malloc(sizeof(float) * (size_t)(23 * K));
         CHECK(h_gather(lc->type, lc->tail, K, N, W, idx, 23, G, 3) == 0, "gather rc");
         int gok = 1;
         for (int i = 0; i < 23; ++i) gok &= !memcmp(G + i * K, Wd + idx[i] * K, sizeof(float) * (size_t)K);
-        CHECK(gok, "gather %s K %lld", tname(lc->type), (long long)K);
-        free(G);
-
-        const int64_t Ms[] = {1, 2, 7, 8, 13, 16, 17, 40};
-        const int64_t Mmax = 40;
-        float *X = malloc(sizeof(float) * (size_t)(Mmax * K)), *bias = malloc(sizeof(float) * (size_t)N);
-        float *Y = malloc(sizeof(float) * (size_t)(Mmax * N));
-        for (int64_t i = 0; i < Mmax * K; ++i) X[i] = rnd_normal();
-        for (int64_t n = 0; n < N; ++n) bias[n] = rnd_normal();
-        /* per element, the abs-max of the activation block it is quantized in */
-        float *amax = malloc(sizeof(float) * (size_t)(Mmax * K));
-        for (int64_t m = 0; m < Mmax; ++m)
-            for (int64_t k0 = 0; k0 < K;) {
-                const int bsz = (k0 < L.main_elems && tbs(lc->type) == QK_K) ? QK_K : 32;
-                const int64_t k1 = k0 + bsz < K ? k0 + bsz : K;
-                float a = 0;
-                for (int64_t k = k0; k < k1; ++k) a = fmaxf(a, fabsf(X[m * K + k]));
-                for (int64_t k = k0; k < k1; ++k) amax[m * K + k] = a;
-                k0 = k1;
-            }
-        for (int isa = 0; isa < ONNXQ_ISA_COUNT; ++isa) {
-            if (!h_set_isa(isa)) continue;
-            for (int mi = 0; mi < 8; ++mi)
-                for (int mode = 0; mode < 2; ++mode) {
-                    const int64_t M = Ms[mi];
-                    const int threads = 1 + 2 * (mi & 1);
-                    const float *bp = (mi & 2) ? bias : NULL;
-                    for (int64_t i = 0; i < M * N; ++i) Y[i] = NAN;
-                    const int rc = h_matmul(lc->type, lc->tail, K, N, W, X, M, bp, Y, mode, threads);
-                    int ok = rc == 0;
-                    double worst = 0;
-                    for (int64_t m = 0; m < M && ok; ++m)
-                        for (int64_t n = 0; n < N; ++n) {
-                            double ref = bp ? bp[n] : 0.0, mag = bp ? fabs(bp[n]) : 0.0, q8 = 0.0;
-                            /* fast mode: Q8 rounding moves x by at most amax of its block / 254 */
-                            for (int64_t k = 0; k < K; ++k) {
-                                const double w = Wd[n * K + k], x = X[m * K + k];
-                                ref += w * x;
-                                mag += fabs(w * x);
-                                q8 += fabs(w) * amax[m * K + k] / 254.0;
-                            }
-                            const double tol = 2e-6 * sqrt((double)K) * mag + (mode ? q8 * 1.001 : 0.0) + 1e-30;
-                            const double e = fabs((double)Y[m * N + n] - ref);
-                            if (!(e <= tol)) ok = 0;
-                            if (e / (tol + 1e-300) > worst) worst = e / tol;
+        CHECK(gok, "gather %s K %lld isa %s", tname(lc->type), (long long)K, h_isa());
+        for (int mi = 0; mi < nM; ++mi)
+            for (int mode = 0; mode < 2; ++mode) {
+                const int64_t M = Ms[mi];
+                const int threads = 1 + 2 * (mi & 1);
+                const float *bp = (mi & 2) ? bias : NULL;
+                for (int64_t i = 0; i < M * N; ++i) Y[i] = NAN;
+                const int rc = h_matmul(lc->type, lc->tail, K, N, W, X, M, bp, Y, mode, threads);
+                int ok = rc == 0;
+                double worst = 0;
+                for (int64_t m = 0; m < M && ok; ++m)
+                    for (int64_t n = 0; n < N; ++n) {
+                        double ref = bp ? bp[n] : 0.0, mag = bp ? fabs(bp[n]) : 0.0, q8 = 0.0;
+                        /* fast mode: Q8 rounding moves x by at most amax of its block / 254 */
+                        for (int64_t k = 0; k < K; ++k) {
+                            const double w = Wd[n * K + k], x = X[m * K + k];
+                            ref += w * x;
+                            mag += fabs(w * x);
+                            q8 += fabs(w) * amax[m * K + k] / 254.0;
                         }
-                    CHECK(ok, "matmul %s tail %d K %lld N %lld M %lld mode %d isa %s threads %d (err/tol %g)",
-                          tname(lc->type), lc->tail, (long long)K, (long long)N, (long long)M, mode, h_isa(), threads, worst);
-                }
-        }
-        free(amax);
-        free(X);
-        free(bias);
-        free(Y);
-        free(Wd);
-        free(W);
+                        const double tol = 2e-6 * sqrt((double)K) * mag + (mode ? q8 * 1.001 : 0.0) + 1e-30;
+                        const double e = fabs((double)Y[m * N + n] - ref);
+                        if (!(e <= tol)) ok = 0;
+                        if (e / (tol + 1e-300) > worst) worst = e / tol;
+                    }
+                CHECK(ok, "matmul %s tail %d K %lld N %lld M %lld mode %d isa %s threads %d (err/tol %g)",
+                      tname(lc->type), lc->tail, (long long)K, (long long)N, (long long)M, mode, h_isa(), threads, worst);
+            }
     }
+    free(amax);
+    free(X);
+    free(bias);
+    free(Y);
+    free(G);
+    free(Wd);
+    free(W);
+}
+
+static void test_matmul_and_gather(void) {
+    const int64_t Ms[] = {1, 2, 7, 8, 13, 16, 17, 40};
+    for (int li = 0; li < (int)(sizeof LAYOUTS / sizeof LAYOUTS[0]); ++li) check_layout(&LAYOUTS[li], 19 + li, Ms, 8);
+    const int64_t odd_Ms[] = {1, 3, 17, 64}, odd_Ns[] = {1, 9};
+    for (int li = 0; li < (int)(sizeof ODD_LAYOUTS / sizeof ODD_LAYOUTS[0]); ++li)
+        for (int ni = 0; ni < 2; ++ni) check_layout(&ODD_LAYOUTS[li], odd_Ns[ni], odd_Ms, 4);
 }
 
 int main(void) {
@@ -153,6 +170,7 @@ int main(void) {
         test_panel(T);
         test_fdot(T);
         test_gemm(T);
+        test_dequant(T);
     }
     test_panel(&onnxq_kernels_scalar); /* scalar panels against ggml_dequant.h */
     test_matmul_and_gather();

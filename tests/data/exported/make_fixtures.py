@@ -110,30 +110,30 @@ def _outlier_norms(model, torch) -> None:
                 param.copy_(scale)
 
 
-def build_tiny_llama(work: Path) -> Path:
+def _save_tiny(make_model, tokenizer, out: Path) -> Path:
+    """A seeded random model with outlier norms, saved with its tokenizer as an HF folder."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval()
+    model = make_model().eval()
     _outlier_norms(model, torch)
-    out = work / "hf-smollm2-tiny"
     model.save_pretrained(out)
-    tiny_llama_tokenizer(TINY_LLAMA["vocab_size"]).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
+
+
+def build_tiny_llama(work: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _save_tiny(lambda: LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)),
+                      tiny_llama_tokenizer(TINY_LLAMA["vocab_size"]), work / "hf-smollm2-tiny")
 
 
 def build_tiny_bert(work: Path) -> Path:
-    import torch
     from transformers import BertConfig, BertModel
 
-    torch.manual_seed(SEED)
-    model = BertModel(BertConfig(**TINY_BERT), add_pooling_layer=False).eval()
-    _outlier_norms(model, torch)
-    out = work / "hf-minilm-tiny"
-    model.save_pretrained(out)
-    tiny_bert_tokenizer(TINY_BERT["vocab_size"]).save_pretrained(out)
-    return out
+    return _save_tiny(lambda: BertModel(BertConfig(**TINY_BERT), add_pooling_layer=False),
+                      tiny_bert_tokenizer(TINY_BERT["vocab_size"]), work / "hf-minilm-tiny")
 
 
 # ---------------------------------------------------------------- full-size HF folders (real weights)

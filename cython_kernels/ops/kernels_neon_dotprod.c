@@ -1,0 +1,268 @@
+/*
+ * aarch64 fast-mode dot products with the ARMv8.2+ integer extensions, compiled into
+ * every aarch64 build through target attributes and used only where the CPU reports them
+ * (kernels_matmul.c: HWCAP_ASIMDDP / HWCAP2_I8MM, or the FEAT_ sysctls on Apple).
+ * Everything but the dot products is the NEON code (kernels_neon.c).
+ *
+ * dotprod: SDOT (vdotq_s32) against a broadcast of 4 activation bytes adds the 4
+ *   products of each row's chunk to that row's int32 lane: the x8 layout is made for it.
+ * i8mm: SMMLA (vmmlaq_s32) multiplies a 2x8 int8 matrix by an 8x2 one: two activation rows
+ *   (8 consecutive elements each, two plain 8-byte loads) against two weight rows (the
+ *   row pair's 4-byte chunks j and j+1 zipped together). One instruction does 32
+ *   multiply-adds where SDOT does 16, and the 8-row activation chunks of the fast path
+ *   come in pairs. A single row (decode) would waste half of it: M = 1 stays on SDOT.
+ *   The 2x2 results ([y0.r, y0.r', y1.r, y1.r']) are turned back into per-row lanes with
+ *   64-bit zips once per block (K-quant scales are applied in the pair layout).
+ * Both levels reproduce the scalar reference's integer sums exactly and its float tail
+ * operation for operation (kernels_arm.h), so they give the scalar kernels' bits.
+ */
+#include "kernels_arm.h"
+
+#ifdef ONNXQ_ARM
+
+/* ---------------- dotprod ---------------- */
+
+static inline __attribute__((always_inline)) ONNXQ_DOTPROD int32x4_t nq_sum_sdot(const int8x16_t *w, const int8_t *y,
+                                                                                 int j0, int j1) {
+    int32x4_t acc = vdupq_n_s32(0);
+    NQ_UNROLL
+    for (int j = j0; j < j1; ++j) acc = vdotq_s32(acc, w[j], nq_bcast4(y + 4 * j));
+    return acc;
+}
+
+#define NQ_FN(name) name##_dotprod
+#define NQ_ATTR ONNXQ_DOTPROD
+#define NQ_SUM nq_sum_sdot
+#include "kernels_neon_dot.h"
+#undef NQ_FN
+#undef NQ_ATTR
+#undef NQ_SUM
+
+static const onnxq_kernel_table table_dotprod = {
+    .name = "dotprod",
+    .dot = {dot_q4_0_dotprod, dot_q4_1_dotprod, dot_q5_0_dotprod, dot_q5_1_dotprod, dot_q8_0_dotprod,
+            dot_q4_K_dotprod, dot_q5_K_dotprod, dot_q6_K_dotprod},
+    ONNXQ_NEON_SHARED_ENTRIES,
+};
+
+const onnxq_kernel_table *onnxq_kernels_dotprod(void) { return &table_dotprod; }
+
+/* ---------------- i8mm ---------------- */
+
+#define I8MM_INLINE static inline __attribute__((always_inline)) ONNXQ_I8MM
+
+/* The second activation row of an odd M's last pair. */
+static const int8_t ZEROS[QK_K];
+
+/* wp[p][jp] = rows 2p, 2p+1 x elements 8jp .. 8jp+7 (chunks 2jp and 2jp+1 of each row). */
+NQ_INLINE void nq_row_pairs(nq_codes w, int8x16_t wp[4][4]) {
+    NQ_UNROLL
+    for (int h = 0; h < 2; ++h)
+        NQ_UNROLL
+        for (int jp = 0; jp < 4; ++jp) {
+            const int32x4_t a = vreinterpretq_s32_s8(w[h][2 * jp]), b = vreinterpretq_s32_s8(w[h][2 * jp + 1]);
+            wp[2 * h][jp] = vreinterpretq_s8_s32(vzip1q_s32(a, b));
+            wp[2 * h + 1][jp] = vreinterpretq_s8_s32(vzip2q_s32(a, b));
+        }
+}
+
+/* s[p] = [y0.r, y0.r', y1.r, y1.r'] (r = 2p, r' = 2p + 1) over chunk pairs [jp0, jp1). */
+I8MM_INLINE void mm_sums(int8x16_t wp[4][4], const int8_t *y0, const int8_t *y1, int jp0, int jp1, int32x4_t s[4]) {
+    NQ_UNROLL
+    for (int p = 0; p < 4; ++p) s[p] = vdupq_n_s32(0);
+    NQ_UNROLL
+    for (int jp = jp0; jp < jp1; ++jp) {
+        const int8x16_t yp = vcombine_s8(vld1_s8(y0 + 8 * jp), vld1_s8(y1 + 8 * jp));
+        NQ_UNROLL
+        for (int p = 0; p < 4; ++p) s[p] = vmmlaq_s32(s[p], yp, wp[p][jp]);
+    }
+}
+
+/* Pair layout -> r[e][h] = rows 4h..4h+3 of activation row e of the pair. */
+NQ_INLINE void nq_unpair(int32x4_t s[4], int32x4_t r[2][2]) {
+    NQ_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        const int64x2_t a = vreinterpretq_s64_s32(s[2 * h]), b = vreinterpretq_s64_s32(s[2 * h + 1]);
+        r[0][h] = vreinterpretq_s32_s64(vzip1q_s64(a, b));
+        r[1][h] = vreinterpretq_s32_s64(vzip2q_s64(a, b));
+    }
+}
+
+/* Per-row scales (rows 4h..4h+3 in sc[h]) -> pair layout [sc_r, sc_r', sc_r, sc_r']. */
+NQ_INLINE void nq_pair_scales(const int32x4_t sc[2], int32x4_t sp[4]) {
+    NQ_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        sp[2 * h] = vcombine_s32(vget_low_s32(sc[h]), vget_low_s32(sc[h]));
+        sp[2 * h + 1] = vcombine_s32(vget_high_s32(sc[h]), vget_high_s32(sc[h]));
+    }
+}
+
+/* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; M >= 2. */
+I8MM_INLINE void mm32_impl(const int type, const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M,
+                            float *out) {
+    const int64_t gbytes = onnxq_group_block_bytes(type);
+    const int asym = type == ONNXQ_TYPE_Q4_1 || type == ONNXQ_TYPE_Q5_1;
+    float32x4_t acc[8][2];
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *gb = g + b * gbytes;
+        nq_prefetch(gb, gbytes);
+        nq_codes w;
+        switch (type) {
+        case ONNXQ_TYPE_Q4_0: nq_expand_nib(gb + GB_Q4_0_QS, 8, w); break;
+        case ONNXQ_TYPE_Q4_1: nq_expand_nib(gb + GB_Q4_1_QS, 0, w); break;
+        case ONNXQ_TYPE_Q5_0: nq_expand_q5(gb + GB_Q5_0_QH, gb + GB_Q5_0_QS, 16, w); break;
+        case ONNXQ_TYPE_Q5_1: nq_expand_q5(gb + GB_Q5_1_QH, gb + GB_Q5_1_QS, 0, w); break;
+        default: nq_expand_q8(gb + GB_Q8_0_QS, w); break;
+        }
+        int8x16_t wp[4][4];
+        nq_row_pairs(w, wp);
+        float32x4_t dx[2], mx[2];
+        nq_half8(gb, dx);
+        if (asym) nq_half8(gb + (type == ONNXQ_TYPE_Q4_1 ? GB_Q4_1_M : GB_Q5_1_M), mx);
+        for (int m = 0; m < M; m += 2) {
+            const int n2 = m + 1 < M ? 2 : 1;
+            int32x4_t s[4], r[2][2];
+            mm_sums(wp, a[m].qs + 32 * b, n2 == 2 ? a[m + 1].qs + 32 * b : ZEROS, 0, 4, s);
+            nq_unpair(s, r);
+            for (int e = 0; e < n2; ++e) {
+                const float dy = a[m + e].d[b];
+                NQ_UNROLL
+                for (int h = 0; h < 2; ++h)
+                    acc[m + e][h] = asym ? nq_acc_asym(acc[m + e][h], r[e][h], dx[h], mx[h], dy, a[m + e].isum[b])
+                                         : nq_acc_sym(acc[m + e][h], r[e][h], dx[h], dy);
+            }
+        }
+    }
+    nq_store_acc(acc, M, out);
+}
+
+/* Q4_K / Q5_K; M >= 2. Scales applied to each sub-block's 2x2 sums in the pair layout. */
+I8MM_INLINE void mm_qk_impl(const int is_q5, const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M,
+                             float *out) {
+    const int64_t gbytes = is_q5 ? GB_Q5_K_BYTES : GB_Q4_K_BYTES;
+    float32x4_t acc[8][2];
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *gb = g + b * gbytes;
+        nq_prefetch(gb, gbytes);
+        const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS), *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
+        int32x4_t isc[4][4]; /* [activation pair][row pair] */
+        for (int m = 0; m < M; m += 2)
+            for (int p = 0; p < 4; ++p) isc[m / 2][p] = vdupq_n_s32(0);
+        for (int s = 0; s < 8; ++s) {
+            nq_codes w;
+            nq_expand_qk(qs, qh, s, w);
+            int8x16_t wp[4][4];
+            nq_row_pairs(w, wp);
+            const int32x4_t sc[2] = {nq_qk_scale(gb, s, 0), nq_qk_scale(gb, s, 1)};
+            int32x4_t sp[4];
+            nq_pair_scales(sc, sp);
+            for (int m = 0; m < M; m += 2) {
+                const int8_t *y0 = a[m].qs + QK_K * b + 32 * s, *y1 = m + 1 < M ? a[m + 1].qs + QK_K * b + 32 * s : ZEROS;
+                int32x4_t t[4];
+                mm_sums(wp, y0, y1, 0, 4, t);
+                NQ_UNROLL
+                for (int p = 0; p < 4; ++p) isc[m / 2][p] = vmlaq_s32(isc[m / 2][p], t[p], sp[p]);
+            }
+        }
+        float32x4_t d[2], dmin[2];
+        nq_half8(gb, d);
+        nq_half8(gb + GB_QK_DMIN, dmin);
+        for (int m = 0; m < M; m += 2) {
+            int32x4_t r[2][2];
+            nq_unpair(isc[m / 2], r);
+            for (int e = 0; e < 2 && m + e < M; ++e)
+                NQ_UNROLL
+                for (int h = 0; h < 2; ++h)
+                    acc[m + e][h] = nq_acc_qk(acc[m + e][h], r[e][h], nq_qk_mins(gb, h, a[m + e].bsum32 + 8 * b), d[h],
+                                              dmin[h], a[m + e].d[b]);
+        }
+    }
+    nq_store_acc(acc, M, out);
+}
+
+/* Q6_K; M >= 2. A quarter's sub-blocks of 16 are chunk pairs 0-1 and 2-3. */
+I8MM_INLINE void mm_q6_K_impl(const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M, float *out) {
+    float32x4_t acc[8][2];
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *gb = g + b * GB_Q6_K_BYTES;
+        nq_prefetch(gb, GB_Q6_K_BYTES);
+        int32x4_t isc[4][4];
+        for (int m = 0; m < M; m += 2)
+            for (int p = 0; p < 4; ++p) isc[m / 2][p] = vdupq_n_s32(0);
+        for (int hq = 0; hq < 8; ++hq) {
+            const int h6 = hq >> 2, q = hq & 3, s0 = 8 * h6 + 2 * q;
+            nq_codes w;
+            nq_expand_q6(gb, h6, q, w);
+            int8x16_t wp[4][4];
+            nq_row_pairs(w, wp);
+            const int32x4_t sc0[2] = {nq_q6_scale(gb, s0, 0), nq_q6_scale(gb, s0, 1)};
+            const int32x4_t sc1[2] = {nq_q6_scale(gb, s0 + 1, 0), nq_q6_scale(gb, s0 + 1, 1)};
+            int32x4_t sp0[4], sp1[4];
+            nq_pair_scales(sc0, sp0);
+            nq_pair_scales(sc1, sp1);
+            for (int m = 0; m < M; m += 2) {
+                const int64_t off = QK_K * b + 128 * h6 + 32 * q;
+                const int8_t *y0 = a[m].qs + off, *y1 = m + 1 < M ? a[m + 1].qs + off : ZEROS;
+                int32x4_t t0[4], t1[4];
+                mm_sums(wp, y0, y1, 0, 2, t0);
+                mm_sums(wp, y0, y1, 2, 4, t1);
+                NQ_UNROLL
+                for (int p = 0; p < 4; ++p)
+                    isc[m / 2][p] = vmlaq_s32(vmlaq_s32(isc[m / 2][p], t0[p], sp0[p]), t1[p], sp1[p]);
+            }
+        }
+        float32x4_t d[2];
+        nq_half8(gb, d);
+        for (int m = 0; m < M; m += 2) {
+            int32x4_t r[2][2];
+            nq_unpair(isc[m / 2], r);
+            for (int e = 0; e < 2 && m + e < M; ++e)
+                NQ_UNROLL
+                for (int h = 0; h < 2; ++h) acc[m + e][h] = nq_acc_sym(acc[m + e][h], r[e][h], d[h], a[m + e].d[b]);
+        }
+    }
+    nq_store_acc(acc, M, out);
+}
+
+/* M = 1 on SDOT (the same bits: exact integer sums, the same float tail), 8 as a constant. */
+#define I8MM_ENTRY(t, call)                                                                              \
+    static ONNXQ_I8MM void dot_##t##_i8mm(const uint8_t *g, int64_t nb, const onnxq_qact *a, int M, float *out) { \
+        if (M == 1) dot_##t##_dotprod(g, nb, a, 1, out);                                                 \
+        else if (M == 8) call(8);                                                                        \
+        else call(M);                                                                                    \
+    }
+#define CALL_Q4_0(R) mm32_impl(ONNXQ_TYPE_Q4_0, g, nb, a, R, out)
+#define CALL_Q4_1(R) mm32_impl(ONNXQ_TYPE_Q4_1, g, nb, a, R, out)
+#define CALL_Q5_0(R) mm32_impl(ONNXQ_TYPE_Q5_0, g, nb, a, R, out)
+#define CALL_Q5_1(R) mm32_impl(ONNXQ_TYPE_Q5_1, g, nb, a, R, out)
+#define CALL_Q8_0(R) mm32_impl(ONNXQ_TYPE_Q8_0, g, nb, a, R, out)
+#define CALL_Q4_K(R) mm_qk_impl(0, g, nb, a, R, out)
+#define CALL_Q5_K(R) mm_qk_impl(1, g, nb, a, R, out)
+#define CALL_Q6_K(R) mm_q6_K_impl(g, nb, a, R, out)
+I8MM_ENTRY(q4_0, CALL_Q4_0)
+I8MM_ENTRY(q4_1, CALL_Q4_1)
+I8MM_ENTRY(q5_0, CALL_Q5_0)
+I8MM_ENTRY(q5_1, CALL_Q5_1)
+I8MM_ENTRY(q8_0, CALL_Q8_0)
+I8MM_ENTRY(q4_K, CALL_Q4_K)
+I8MM_ENTRY(q5_K, CALL_Q5_K)
+I8MM_ENTRY(q6_K, CALL_Q6_K)
+
+static const onnxq_kernel_table table_i8mm = {
+    .name = "i8mm",
+    .dot = {dot_q4_0_i8mm, dot_q4_1_i8mm, dot_q5_0_i8mm, dot_q5_1_i8mm, dot_q8_0_i8mm, dot_q4_K_i8mm, dot_q5_K_i8mm,
+            dot_q6_K_i8mm},
+    ONNXQ_NEON_SHARED_ENTRIES,
+};
+
+const onnxq_kernel_table *onnxq_kernels_i8mm(void) { return &table_i8mm; }
+
+#else
+
+const onnxq_kernel_table *onnxq_kernels_dotprod(void) { return NULL; }
+const onnxq_kernel_table *onnxq_kernels_i8mm(void) { return NULL; }
+
+#endif

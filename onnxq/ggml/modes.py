@@ -1,0 +1,159 @@
+"""The ``auto`` mode: per GGML linear layer, fast or exact from a measured cost.
+
+Fast mode rounds each activation row to 8-bit blocks before integer dot products
+(:mod:`onnxq.ggml.fastmode`); on most layers that adds little to the error the weight
+quantization already makes, on some (outlier channels that coarsen a whole block, e.g.
+SmolLM2's early ``down_proj`` inputs) it multiplies it. For every layer the pass measures,
+on sampled calibration rows X, the relative output error of both modes through the real
+codec round trip (:class:`~onnxq.ggml.awq.GroupErrorModel`)::
+
+    e_mode = ||X W - X_mode Q(W)||^2 / ||X W||^2
+
+and chooses fast where ``(e_fast - e_exact) / e_exact`` (what fast mode adds, relative to
+the layer's own weight error) is below a threshold. The default threshold is the one the
+sweep in ``benchmarks/auto_threshold.py`` measured (docs/budget.md).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..errors import RecipeError
+
+__all__ = ["DEFAULT_THRESHOLD", "SAMPLE_ROWS", "ModeChoice", "measure_mode_errors", "choose_mode",
+           "check_threshold", "modes_metadata"]
+
+#: fast where it adds less than this fraction to the layer's exact-mode output error
+#: (measured: benchmarks/auto_threshold.py, docs/budget.md)
+DEFAULT_THRESHOLD = 0.25
+#: activation rows per layer the errors are measured on
+SAMPLE_ROWS = 256
+
+
+def check_threshold(value: float) -> float:
+    """A threshold >= 0 (RecipeError otherwise)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"auto-mode threshold must be a number >= 0, got {value!r}") from None
+    if not np.isfinite(number) or number < 0:
+        raise RecipeError(f"auto-mode threshold must be a finite number >= 0, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """The mode of one layer and the measurement behind it."""
+
+    site: str
+    mode: str
+    exact_error: float
+    fast_error: float
+    threshold: float
+
+    @property
+    def added(self) -> float:
+        """What fast mode adds to the layer's output error, relative to exact mode's."""
+        extra = self.fast_error - self.exact_error
+        if self.exact_error > 0:
+            return extra / self.exact_error
+        return 0.0 if extra <= 0 else float("inf")
+
+    @property
+    def reason(self) -> str:
+        rel = "<" if self.mode == "fast" else ">="
+        return (f"auto: 8-bit activations add {self.added:.1%} to the output error "
+                f"({self.exact_error:.2e} -> {self.fast_error:.2e}), {rel} {self.threshold:.0%}")
+
+
+def measure_mode_errors(weight: np.ndarray, qtype: str, tail: Optional[str], rows: np.ndarray,
+                        imatrix: Optional[np.ndarray] = None) -> Tuple[float, float]:
+    """(exact, fast) relative output error of one layer ``X @ W`` (W [K, N]) quantized
+    to ``qtype`` on activation ``rows`` [R, K]."""
+    from .awq import GroupErrorModel
+
+    errors = GroupErrorModel({"w": (weight, qtype, tail)}, rows, imatrix).site_errors(None, ("exact", "fast"))["w"]
+    return errors["exact"], errors["fast"]
+
+
+def choose_mode(site: str, exact_error: float, fast_error: float, threshold: float) -> ModeChoice:
+    """Fast when fast mode adds less than ``threshold`` (a fraction) to the exact error."""
+    probe = ModeChoice(site, "fast", exact_error, fast_error, threshold)
+    return probe if probe.added < threshold else ModeChoice(site, "exact", exact_error, fast_error, threshold)
+
+
+def modes_metadata(choices: Mapping[str, ModeChoice], threshold: float, source: str) -> str:
+    """The ``onnxq.modes`` metadata value: the threshold, the data, and per layer the
+    chosen mode with both measured errors (``onnxq inspect`` shows them)."""
+    layers: Dict[str, Dict[str, object]] = {
+        name: {"mode": c.mode, "exact_error": float(f"{c.exact_error:.4g}"), "fast_error": float(f"{c.fast_error:.4g}")}
+        for name, c in choices.items()
+    }
+    return json.dumps({"threshold": threshold, "data": source, "layers": layers}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------- the pass's part
+
+
+def _replace_mode(job, site: str, mode: str, reason: str) -> None:
+    import dataclasses
+
+    for i, d in enumerate(job.plan.decisions):
+        if d.site == site:
+            job.plan.decisions[i] = dataclasses.replace(d, method=dataclasses.replace(d.method, mode=mode),
+                                                        mode_reason=reason)
+            return
+    raise KeyError(site)
+
+
+def _auto_decisions(job):
+    from ..plan import AUTO, GGML
+
+    linear = {s.name: s for s in job.analysis.linear}
+    return [(d, linear[d.site]) for d in job.plan.by_kind(GGML) if d.method.mode == AUTO and d.site in linear]
+
+
+def resolve_without_data(job, why: str) -> None:
+    """No inputs to measure on: every ``auto`` layer runs exact (the more accurate mode),
+    said in a warning and in each layer's reason."""
+    decisions = _auto_decisions(job)
+    reason = f"auto: exact, no calibration data to measure fast mode on ({why or 'none given'})"
+    for d, _ in decisions:
+        _replace_mode(job, d.site, "exact", reason)
+    job.warnings.append(f"mode auto: {len(decisions)} layers set to exact: no calibration data to measure fast mode "
+                        f"on ({why or 'none given'}); give --calib DATA or choose --mode fast/exact")
+
+
+def resolve_auto_modes(job, stats: Dict, scaled, threshold: float, imatrix: Optional[Mapping[str, np.ndarray]],
+                       key: str) -> Dict[str, ModeChoice]:
+    """Measure every ``auto`` layer of ``job`` on its sampled input rows and fix its mode.
+    ``scaled``: AWQ's ``[(input, new input, s)]`` (its statistics follow the scaling)."""
+    from tqdm.auto import tqdm
+
+    from ..errors import CalibrationError
+    from ..folding import SiteWeights
+    from ..sites import ModelGraph
+
+    stats = dict(stats)
+    for x, new_x, s in scaled:
+        if x in stats:
+            stats[new_x] = stats[x].scaled(s)
+    weights = SiteWeights(job.model, ModelGraph(job.model), job.base_dir)
+    choices: Dict[str, ModeChoice] = {}
+    decisions = _auto_decisions(job)
+    for d, site in tqdm(decisions, desc="auto mode", unit="layer", disable=not job.options.progress, leave=False):
+        st = stats.get(site.input)
+        rows = None if st is None else st.samples
+        if rows is None or rows.shape[0] == 0:
+            raise CalibrationError(f"auto mode: no sampled activations of {site.input!r} (input of {site.name})")
+        exact, fast = measure_mode_errors(weights.weight(site), d.method.qtype, d.method.tail_type, rows,
+                                          None if imatrix is None else imatrix.get(site.input))
+        choice = choices[site.name] = choose_mode(site.name, exact, fast, threshold)
+        _replace_mode(job, site.name, choice.mode, choice.reason)
+    job.metadata[key] = modes_metadata(choices, threshold, job.options.auto_data_source)
+    job.reports["modes"] = choices
+    return choices
