@@ -189,6 +189,7 @@ def default_batches(model_path: str, progress: bool = True) -> Tuple[Optional[Li
     writes its own text (:func:`self_generated_batches`, 4 x 128 tokens); an encoder gets
     the 16 :data:`CALIBRATION_SENTENCES` in its tokenizer. (None, why) when the model's
     kind or tokenizer is unknown (no ``onnxq.model.*`` metadata)."""
+    from ..errors import ModelError
     from .metadata import read_metadata
 
     meta = read_metadata(model_path)
@@ -196,7 +197,10 @@ def default_batches(model_path: str, progress: bool = True) -> Tuple[Optional[Li
     if family is None or kind is None:
         return exported_batches(model_path)
     if kind in ("causal-lm", "causal-lm-kv"):
-        batches = self_generated_batches(model_path, DEFAULT_SEQUENCES, DEFAULT_LENGTH, progress=progress)
+        try:
+            batches = self_generated_batches(model_path, DEFAULT_SEQUENCES, DEFAULT_LENGTH, progress=progress)
+        except ModelError as exc:  # e.g. a family whose tokenizer the zoo does not have: the caller says why
+            return None, f"no self-generated text: {exc}"
         return batches, (f"self-generated: {DEFAULT_SEQUENCES} x {DEFAULT_LENGTH} tokens sampled from the float "
                          "model, one-word prompts")
     if kind == "encoder":
