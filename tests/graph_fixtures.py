@@ -3,27 +3,19 @@ inputs (token ids, the rest synthesized as calibration does) and an onnxruntime 
 onnxq's op library."""
 from __future__ import annotations
 
-import json
-import os
 from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-DATA = os.path.join(os.path.dirname(__file__), "data", "exported")
-LLMS = ("optimum-smollm2", "dynamo-smollm2", "genai-smollm2")
-ENCODERS = ("optimum-minilm", "dynamo-minilm", "ortopt-minilm")
+from exported_fixtures import ENCODERS, LLMS, VOCAB, model as fixture_path  # the fixture list is part A's
+
 FIXTURES = LLMS + ENCODERS
 
 
 def path(name: str) -> str:
-    return os.path.join(DATA, name, "model.onnx")
-
-
-def config(name: str) -> dict:
-    with open(os.path.join(DATA, name, "config.json"), encoding="utf-8") as fh:
-        return json.load(fh)
+    return str(fixture_path(name))
 
 
 def feeds(name: str, batch: int = 2, seq: int = 7, seed: int = 0, model: Optional[onnx.ModelProto] = None) -> Dict[str, np.ndarray]:
@@ -33,7 +25,7 @@ def feeds(name: str, batch: int = 2, seq: int = 7, seed: int = 0, model: Optiona
     from onnxq.model_inputs import ModelInputs
 
     model = model or onnx.load(path(name), load_external_data=False)
-    ids = np.random.default_rng(seed).integers(3, config(name)["vocab_size"], (batch, seq)).astype(np.int64)
+    ids = np.random.default_rng(seed).integers(3, VOCAB, (batch, seq)).astype(np.int64)
     return ModelInputs.of(model).complete({"input_ids": ids})
 
 
