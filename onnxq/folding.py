@@ -1,43 +1,50 @@
 """Fold 1/s into the producer of a smoothed activation: rewrite rules.
 
 Each rule is a pattern on the producer of the activation X that a group of linear sites
-consumes, and a replacement that makes the producer emit X' = X / s exactly:
+consumes, a check, and a replacement that makes the producer emit X' = X / s exactly; a
+rule that does not apply says why (:class:`NoFold`):
 
 ==========================  ==================================================================
 rule                        pattern -> replacement
 ==========================  ==================================================================
-``NormScaleRule``           LayerNormalization / SimplifiedLayerNormalization / RMSNormalization /
-                            Skip(Simplified)LayerNormalization with constant gamma (and beta):
+``NormScaleRule``           a normalization as exporters write it (:mod:`onnxq.norms`):
+                            LayerNormalization / SimplifiedLayerNormalization / RMSNormalization /
+                            Skip(Simplified)LayerNormalization (output 0; the residual sum and
+                            statistics outputs stay as they are), decomposed RMSNorm (Pow /
+                            ReduceMean / Add eps / Sqrt / Reciprocal or Div, Mul by the weight)
+                            and decomposed LayerNorm (.. Mul by gamma, Add beta):
                             gamma -> gamma / s, beta -> beta / s
-``AddOfMulRule``            Add(Mul(Z, g), b) with constant g, b (decomposed LayerNorm):
-                            g -> g / s, b -> b / s
-``MulConstRule``            Mul(Z, c) with a constant c [K] (decomposed RMSNorm's
-                            final Mul by its weight): c -> c / s
+``AddOfMulRule``            Add(Mul(Z, g), b) with constant g, b: g -> g / s, b -> b / s
+``MulConstRule``            Mul(Z, c) with a constant c [K]: c -> c / s
 ``LinearOutputMulRule``     Mul(A, B) where B is the sole use of a linear site's output (SwiGLU's
                             act(gate) * up): that site's weight columns and bias -> / s
 ``ExplicitMul``             anything else: a new Mul(X, 1/s) feeding only the quantized sites
 ==========================  ==================================================================
 
-A fold is only legal when every consumer of X is a linear site of the group (a residual
-branch reading a norm's output would otherwise change); rules check that and the
-fallback is the explicit Mul. Constants shared with other nodes are never changed in
-place: the folded node gets a new initializer.
+A fold is only legal when every node that reads X's values is a linear site of the group
+(a residual branch reading a norm's output would otherwise change; Shape / Size read only
+the shape and do not count); rules check that and the fallback is the explicit Mul.
+Constants shared with other nodes are never changed in place: the folded node gets a new
+initializer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 from onnx import NodeProto, helper, numpy_helper
 
 from .graph_edit import all_names, unique_name
+from .norms import NormMatch, match_norm, per_channel
 from .sites import LinearSite, ModelGraph, bias_vector, weight_matrix_kn
 
 __all__ = [
     "FoldContext",
     "Fold",
+    "NoFold",
+    "find_fold",
     "FoldRule",
     "NormScaleRule",
     "AddOfMulRule",
@@ -88,6 +95,7 @@ class Fold:
     rule: "FoldRule"
     node: NodeProto
     extra: Optional[LinearSite] = None  # the site whose output columns absorb 1/s
+    norm: Optional[NormMatch] = None  # the normalization whose gamma/beta absorb 1/s
 
     @property
     def kind(self) -> str:
@@ -95,6 +103,16 @@ class Fold:
 
     def apply(self, ctx: FoldContext, s: np.ndarray) -> None:
         self.rule.apply(self, ctx, np.asarray(s, np.float32))
+
+
+@dataclass(frozen=True)
+class NoFold:
+    """Why 1/s cannot go into X's producer (the caller inserts an explicit Mul)."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class FoldRule:
@@ -115,18 +133,10 @@ class FoldRule:
 def _per_channel_const(ctx: FoldContext, name: str, k: int, allow_scalar: bool = True) -> bool:
     """A constant that broadcasts along the last axis only: [K] or [1, .., K] (and, with
     ``allow_scalar``, a scalar or [1, .., 1])."""
-    if not ctx.graph.is_constant(name):
+    if per_channel(ctx.graph, name, k) is not None:
         return False
-    shape = ctx.graph.constant_shape(name)
-    if shape is None:
-        return False
-    if ctx.graph.constant_dtype(name) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
-        return False
-    if len(shape) == 0:
-        return allow_scalar
-    if not all(d == 1 for d in shape[:-1]):
-        return False
-    return shape[-1] == k or (allow_scalar and shape[-1] == 1)
+    shape = ctx.graph.constant_shape(name) or ()
+    return allow_scalar or (len(shape) > 0 and shape[-1] == k)
 
 
 def _single_const(ctx: FoldContext, node: Optional[NodeProto], op: str, k: int) -> Optional[int]:
@@ -146,37 +156,25 @@ def _divided(value: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 class NormScaleRule(FoldRule):
-    """Normalization ops with a constant scale (gamma) and optional bias (beta)."""
+    """A normalization (fused op or decomposed, :func:`onnxq.norms.match_norm`) with a
+    per-channel constant gamma (and beta): whatever the normalized axes, gamma/beta that
+    vary along the last axis only make the output exactly (normalized * gamma + beta) / s
+    after dividing both by s."""
 
     name = "norm"
-    # op -> (scale input index, bias input index or None)
-    OPS = {
-        "LayerNormalization": (1, 2),
-        "SimplifiedLayerNormalization": (1, None),
-        "RMSNormalization": (1, None),
-        "SkipLayerNormalization": (2, 3),
-        "SkipSimplifiedLayerNormalization": (2, None),
-    }
 
     def match(self, ctx: FoldContext, x: str, k: int) -> Optional[Fold]:
-        node = ctx.graph.producer(x)
-        if node is None or node.op_type not in self.OPS or node.output[0] != x:
-            return None
-        # whatever the normalized axes, gamma/beta that vary along the last axis only make
-        # the output exactly (normalized * gamma + beta) / s after dividing both by s
-        si, bi = self.OPS[node.op_type]
-        if len(node.input) <= si or not _per_channel_const(ctx, node.input[si], k):
-            return None
-        if bi is not None and len(node.input) > bi and node.input[bi] and not _per_channel_const(ctx, node.input[bi], k):
-            return None
-        return Fold(self, node)
+        found = match_norm(ctx.graph, x, k)
+        return Fold(self, found.scale[0], norm=found) if isinstance(found, NormMatch) else None
 
     def apply(self, fold: Fold, ctx: FoldContext, s: np.ndarray) -> None:
-        node = fold.node
-        si, bi = self.OPS[node.op_type]
-        ctx.replace_input(node, si, _divided(ctx.constant(node.input[si]), s))
-        if bi is not None and len(node.input) > bi and node.input[bi]:
-            ctx.replace_input(node, bi, _divided(ctx.constant(node.input[bi]), s))
+        norm = fold.norm
+        assert norm is not None
+        for node, index in (norm.scale,) + ((norm.bias,) if norm.bias is not None else ()):
+            ctx.replace_input(node, index, _divided(ctx.constant(node.input[index]), s))
+
+    def kind(self, fold: Fold) -> str:
+        return f"norm:{fold.norm.kind if fold.norm else fold.node.op_type}"
 
 
 class _ConstOperandRule(FoldRule):
@@ -273,15 +271,21 @@ class LinearOutputMulRule(FoldRule):
 RULES: Sequence[FoldRule] = (NormScaleRule(), AddOfMulRule(), MulConstRule(), LinearOutputMulRule())
 
 
-def match_fold(ctx: FoldContext, x: str, k: int, group_nodes: Sequence[str]) -> Optional[Fold]:
-    """The first rule that folds 1/s into X's producer, or None when X has consumers
-    outside ``group_nodes`` (the group's MatMul/Gemm nodes), is a graph output or input,
-    or no rule matches."""
+#: ops that read only the shape of their input, not its values
+SHAPE_READERS = ("Shape", "Size")
+
+
+def find_fold(ctx: FoldContext, x: str, k: int, group_nodes: Sequence[str]) -> Union[Fold, NoFold]:
+    """The first rule that folds 1/s into X's producer, or why none can: X is a graph
+    output or input, X's values are read by a node outside ``group_nodes`` (the group's
+    MatMul/Gemm nodes), or no rule matches its producer."""
     if x in ctx.graph.graph_outputs or x in ctx.graph.graph_inputs:
-        return None
+        return NoFold(f"{x!r} is a graph {'output' if x in ctx.graph.graph_outputs else 'input'}")
     allowed = set(group_nodes)
-    if any(c.name not in allowed for c in ctx.graph.consumers(x)):
-        return None
+    others = [c for c in ctx.graph.consumers(x) if c.name not in allowed and c.op_type not in SHAPE_READERS]
+    if others:
+        return NoFold(f"{x!r} also feeds {others[0].op_type} {others[0].name!r} (e.g. a residual branch): "
+                      "dividing it by s would change that too")
     for _ in range(3):
         for rule in RULES:
             fold = rule.match(ctx, x, k)
@@ -289,10 +293,22 @@ def match_fold(ctx: FoldContext, x: str, k: int, group_nodes: Sequence[str]) -> 
                 return fold
         # look through a Reshape that keeps the channel axis (e.g. [B, S, K] -> [B*S, K]
         # before a Gemm): scaling channels commutes with it
-        x = _channel_preserving_reshape_input(ctx, x, k)
-        if x is None:
-            return None
-    return None
+        reshaped = _channel_preserving_reshape_input(ctx, x, k)
+        if reshaped is None:
+            break
+        x = reshaped
+    norm = match_norm(ctx.graph, x, k)
+    node = ctx.graph.producer(x)
+    what = f"{node.op_type} {node.name!r}" if node is not None else "no node"
+    specific = f" ({norm})" if norm.rule != "norm" else ""
+    return NoFold(f"{x!r} is produced by {what}: not a normalization{specific}, a Mul by a per-channel constant "
+                  "or a product with a linear layer's output")
+
+
+def match_fold(ctx: FoldContext, x: str, k: int, group_nodes: Sequence[str]) -> Optional[Fold]:
+    """:func:`find_fold`, None where it gives a reason."""
+    found = find_fold(ctx, x, k, group_nodes)
+    return found if isinstance(found, Fold) else None
 
 
 def _channel_preserving_reshape_input(ctx: FoldContext, x: str, k: int) -> Optional[str]:
@@ -303,7 +319,8 @@ def _channel_preserving_reshape_input(ctx: FoldContext, x: str, k: int) -> Optio
     if shape.size == 0 or int(shape[-1]) != k:
         return None
     src = node.input[0]
-    if src in ctx.graph.graph_outputs or src in ctx.graph.graph_inputs or len(ctx.graph.consumers(src)) != 1:
+    readers = [c for c in ctx.graph.consumers(src) if c.op_type not in SHAPE_READERS]
+    if src in ctx.graph.graph_outputs or src in ctx.graph.graph_inputs or len(readers) != 1:
         return None
     # the rules below only match producers whose per-channel constant has K entries, which
     # pins the reshape's input to a last axis of K as well

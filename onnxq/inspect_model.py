@@ -21,8 +21,10 @@ from onnx import TensorProto, helper
 from .ggml.nodes import MATMUL_OP, ggml_node_attributes, is_ggml_node
 from .checks import check_external_data
 from .modelio import file_bytes, load_model, tensor_nbytes
+from .fused_ops import weights_left_float
 from .report import LayerShape
-from .sites import FLOAT_TYPES, ModelGraph, find_sites, infer_role, layer_index
+from .roles import Linear, block_structure
+from .sites import BLOCK_ROLES, FLOAT_TYPES, ModelGraph, Skipped, find_sites, infer_role, layer_index
 from .units import bits_per_weight, format_bytes, record
 
 PathLike = Union[str, os.PathLike]
@@ -69,6 +71,8 @@ class ModelInspection:
     other_float32_bytes: int = 0  # the same as float32
     file_bytes: int = 0
     metadata: Dict[str, str] = field(default_factory=dict)
+    #: float weights no layer reads (kept inside other ops), each with the reason
+    left_float: List[Skipped] = field(default_factory=list)
 
     @property
     def layer_params(self) -> int:
@@ -119,17 +123,18 @@ class ModelInspection:
             "metadata": self.metadata,
             "by_method": self.by_method(),
             "layers": [record(l, _LAYER_KEYS) for l in self.layers],
+            "left_float": [record(s, ("node", "op_type", "reason")) for s in self.left_float],
         }
 
     def table(self) -> str:
         w = max([len(l.name) for l in self.layers] + [5])
         w = min(w, 64)
-        lines = [f"{'layer':<{w}}  {'role':<9}{'method':<18}{'mode':<6}{'K x N':>14}{'bytes':>12}{'bpw':>8}  why this mode"]
+        lines = [f"{'layer':<{w}}  {'role':<10}{'method':<18}{'mode':<6}{'K x N':>14}{'bytes':>12}{'bpw':>8}  why this mode"]
         for l in self.layers:
             name = l.name if len(l.name) <= w else "…" + l.name[-(w - 1):]
             method = l.method + (f"+{l.tail_type}" if l.tail_type else "")
             size = "(shared)" if l.shared_with else format_bytes(l.nbytes)
-            lines.append(f"{name:<{w}}  {l.role:<9}{method:<18}{l.mode or '-':<6}{f'{l.K}x{l.N}':>14}{size:>12}"
+            lines.append(f"{name:<{w}}  {l.role:<10}{method:<18}{l.mode or '-':<6}{f'{l.K}x{l.N}':>14}{size:>12}"
                          f"{l.bits_per_weight:>8.3f}  {l.mode_reason or ''}".rstrip())
         lines.append("")
         lines.append(f"{'method':<20}{'layers':>7}{'params':>14}{'bytes':>12}{'bpw':>8}")
@@ -141,6 +146,8 @@ class ModelInspection:
             f"{self.bits_per_weight:>8.3f}"
         )
         lines.append(f"other initializers: {format_bytes(self.other_bytes)}")
+        for s in self.left_float:
+            lines.append(f"left float: {s.op_type} {s.node!r}: {s.reason}")
         lines.append(
             f"initializers: {format_bytes(self.initializer_bytes)} (as float32: {format_bytes(self.float32_bytes)}, "
             f"ratio {self.ratio_to_float32:.2f}x); file(s): {format_bytes(self.file_bytes)}"
@@ -201,8 +208,12 @@ def inspect_model(path: PathLike) -> ModelInspection:
     result.metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith("onnxq.")}
     result.file_bytes = file_bytes(path, model)
 
-    def add(node, op, method, weight, K, N, tensors, role=None, **extra):
+    io: Dict[str, tuple] = {}  # linear layer -> (input, output) for the structure's roles
+
+    def add(node, op, method, weight, K, N, tensors, role=None, output=None, **extra):
         added, total, owner = sizes.claim([weight, *tensors], node.name)
+        if role != "embedding":
+            io[node.name] = (node.input[0], output or node.output[0])
         result.layers.append(
             LayerInfo(
                 name=node.name, op_type=op, method=method,
@@ -227,7 +238,7 @@ def inspect_model(path: PathLike) -> ModelInspection:
         elif node.name in float_sites:
             s = float_sites[node.name]
             dtype = _DTYPE_NAMES.get(graph.constant_dtype(s.weight), "float")
-            add(node, s.op_type, dtype, s.weight, s.K, s.N, [], role=s.role)
+            add(node, s.op_type, dtype, s.weight, s.K, s.N, [], role=s.role, output=s.output)
         elif node.name in emb_sites:
             e = emb_sites[node.name]
             dtype = _DTYPE_NAMES.get(graph.constant_dtype(e.table), "float")
@@ -249,6 +260,8 @@ def inspect_model(path: PathLike) -> ModelInspection:
                 [t for t in node.input[2:4]])
         elif node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2:
             _qdq_layer(graph, node, add)
+    _structural_roles(model, graph, result, io)
+    result.left_float = weights_left_float(model, analysis)
     _mode_reasons(result)
     total = sum(sizes.sizes.values())
     result.initializer_bytes = total
@@ -260,6 +273,19 @@ def inspect_model(path: PathLike) -> ModelInspection:
         for t in other
     )
     return result
+
+
+def _structural_roles(model: onnx.ModelProto, graph: ModelGraph, result: ModelInspection, io: Dict[str, tuple]) -> None:
+    """Roles and block indices of the linear layers from the graph's structure
+    (:mod:`onnxq.roles`); the names' only where the structure says nothing."""
+    vocab = max((l.N for l in result.layers if l.role == "embedding"), default=None)
+    linears = [Linear(l.name, *io[l.name], l.N) for l in result.layers if l.name in io]
+    found = block_structure(graph, graph.consumers, model.graph.node, linears, vocab)
+    for l in result.layers:
+        role = found.roles.get(l.name)
+        if role is not None and l.role != "head":
+            l.role = role
+            l.layer = found.layers.get(l.name) if role in BLOCK_ROLES else l.layer
 
 
 def _mode_reasons(result: ModelInspection) -> None:

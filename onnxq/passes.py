@@ -130,6 +130,8 @@ class QuantizeJob:
     #: what analysis of the input passed over (the final report adds kept sites)
     skipped: List[Skipped] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    #: what the run changed in the graph besides quantizing (for the report)
+    notes: List[str] = field(default_factory=list)
 
     def replan(self, step: str, done: Optional[str] = None) -> None:
         """Re-analyze the model after ``step`` changed it (see :meth:`Plan.carry_over`)."""

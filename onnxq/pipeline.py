@@ -19,6 +19,7 @@ import onnx
 from ._version import __version__
 from .checks import check_input_model
 from .errors import ModelError, RecipeError
+from .fused_ops import FUSED_RULES, unfuse_weights, weights_left_float
 from .ggml.imatrix import ImportanceMatrix, is_imatrix_file
 from .ggml.step import GGMLPass
 from .modelio import (
@@ -194,6 +195,9 @@ def _open(input: PathLike, output: PathLike, recipe: Optional[Recipe], mode: Opt
     out_path = check_output_path(in_path, output)
     model = load_model(in_path)
     check_input_model(model, in_path)  # before any work: a model onnxruntime cannot load is refused
+    base_dir = model_dir(in_path)
+    input_bytes = file_bytes(in_path, model)  # before opening up fused ops drops their tensors
+    opened = unfuse_weights(model, base_dir)  # fused ops' weights become sites (the file is untouched)
     analysis = find_sites(model)
     if not analysis.linear and not analysis.embeddings:
         detail = f" (looked at: {summarize_skipped(analysis.skipped)})" if analysis.skipped else ""
@@ -207,17 +211,26 @@ def _open(input: PathLike, output: PathLike, recipe: Optional[Recipe], mode: Opt
     the_plan = plan(analysis, recipe)
     if not any(d.method.kind in (GGML, SMOOTHQUANT) for d in the_plan.decisions):
         raise RecipeError(f"recipe {recipe.name!r} keeps every layer of {in_path}: nothing to quantize")
-    base_dir = model_dir(in_path)
     job = QuantizeJob(
         input_path=in_path, output_path=out_path, base_dir=base_dir, recipe=recipe, model=model,
         analysis=analysis, plan=the_plan, options=options,
         calibration=Calibration(model, base_dir, options.calibration_batches, options.progress),
-        skipped=list(analysis.skipped), warnings=list(the_plan.warnings),
+        skipped=list(analysis.skipped) + weights_left_float(model, analysis), warnings=list(the_plan.warnings),
     )
+    if opened.replaced:
+        job.notes.append(_opened_note(opened.replaced))
     job.metadata.update({VERSION_KEY: __version__, RECIPE_KEY: recipe.to_json()})
-    job.reports["input_bytes"] = file_bytes(in_path, model)
+    job.reports["input_bytes"] = input_bytes
     job.reports["order"] = {node.name: i for i, node in enumerate(model.graph.node)}
     return job
+
+
+def _opened_note(replaced: Mapping[str, str]) -> str:
+    counts: Dict[str, int] = {}
+    for op in replaced.values():
+        counts[op] = counts.get(op, 0) + 1
+    parts = [f"{n} {op} into {FUSED_RULES[op].becomes}" for op, n in counts.items()]
+    return "opened up fused ops so their weights can be quantized: " + ", ".join(parts)
 
 
 def _write(job: QuantizeJob, passes: List[MethodPass], external_data: Optional[bool]) -> onnx.ModelProto:
@@ -273,5 +286,6 @@ def _report(job: QuantizeJob, model: onnx.ModelProto, seconds: float) -> Quantiz
         imatrix_tensors=job.reports.get("imatrix_tensors", 0),
         smoothquant=job.reports.get("smoothquant"),
         awq=job.reports.get("awq"),
+        notes=job.notes,
         modes=job.reports.get("modes"),
     )

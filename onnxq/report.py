@@ -84,6 +84,8 @@ class QuantizeReport:
     imatrix_tensors: int = 0
     smoothquant: Any = None
     awq: Any = None
+    #: graph changes besides quantization (fused ops opened up)
+    notes: List[str] = field(default_factory=list)
     #: the auto mode's measurement: {layer: :class:`~onnxq.ggml.modes.ModeChoice`}
     modes: Any = None
     #: a budget run's allocation (:class:`onnxq.budget.BudgetReport`)
@@ -154,6 +156,7 @@ class QuantizeReport:
                          f"their output error), {len(self.modes) - fast} exact")
         if self.awq is not None:
             lines.append(self.awq.summary())
+        lines.extend(f"note: {n}" for n in self.notes)
         if self.skipped:
             lines.append("skipped: " + summarize_skipped(self.skipped))
         return "\n".join(lines)
@@ -175,6 +178,7 @@ class QuantizeReport:
             "layers": [record(l, _LAYER_KEYS) for l in self.layers],
             "skipped": [record(s, ("node", "op_type", "reason")) for s in self.skipped],
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
             "smoothquant": self.smoothquant.to_dict() if self.smoothquant is not None else None,
             "awq": self.awq.to_dict() if self.awq is not None else None,
             "budget": self.budget.to_dict() if self.budget is not None else None,

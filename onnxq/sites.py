@@ -49,6 +49,11 @@ class ModelGraph:
         self.constant_nodes: Dict[str, NodeProto] = {
             n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output and _constant_tensor(n) is not None
         }
+        # torch's exporter stores a value once and hands it out through Identity nodes
+        self.aliases: Dict[str, str] = {}
+        for node in graph.node:
+            if node.op_type == "Identity" and node.output and self.is_constant(node.input[0]):
+                self.aliases[node.output[0]] = self.aliases.get(node.input[0], node.input[0])
 
     def producer(self, tensor: str) -> Optional[NodeProto]:
         return self._producer.get(tensor)
@@ -63,15 +68,17 @@ class ModelGraph:
         return self.nodes[name]
 
     def is_constant(self, name: str) -> bool:
-        """True for an initializer that a graph input cannot override, or a Constant node output."""
+        """True for an initializer that a graph input cannot override, a Constant node
+        output, or an Identity of either."""
         if name in self.initializers:
             return name not in self.graph_inputs
-        return name in self.constant_nodes
+        return name in self.constant_nodes or name in self.aliases
 
     def constant_value(self, name: str, base_dir: Optional[str] = None) -> np.ndarray:
-        """Value of a constant tensor (initializer or Constant node)."""
+        """Value of a constant tensor (initializer or Constant node, maybe through Identity)."""
         from .modelio import get_initializer_array
 
+        name = self.aliases.get(name, name)
         if name in self.initializers:
             return get_initializer_array(self.model, self.initializers[name], base_dir)
         node = self.constant_nodes.get(name)
@@ -81,6 +88,7 @@ class ModelGraph:
 
     def constant_tensor(self, name: str) -> Optional[TensorProto]:
         """The TensorProto of a constant (initializer or Constant node value), else None."""
+        name = self.aliases.get(name, name)
         if name in self.initializers:
             return self.initializers[name]
         node = self.constant_nodes.get(name)
@@ -133,7 +141,8 @@ class LinearSite:
 
 @dataclass(frozen=True)
 class EmbeddingSite:
-    """``output = Gather(table, indices)`` with a constant table ``[N, K]`` (N rows of K)."""
+    """``output = Gather(table, indices)`` with a constant table ``[N, K]`` (N rows of K),
+    or ``Gather(Transpose(table), indices)`` with ``table`` stored ``[K, N]``."""
 
     name: str
     table: str
@@ -144,6 +153,8 @@ class EmbeddingSite:
     layer: Optional[int] = None
     #: names of linear sites whose weight is this table transposed (a tied LM head)
     tied_heads: Tuple[str, ...] = ()
+    #: the Gather reads Transpose(table): ``table`` is stored [K, N] (a head's weight)
+    table_transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -277,7 +288,10 @@ def find_sites(model: onnx.ModelProto) -> Analysis:
     analysis = Analysis()
     weight_users: Dict[str, int] = {}
     for node in model.graph.node:
+        if node.output and node.output[0] in graph.aliases:
+            continue  # an Identity of a constant: its readers count as the constant's
         for name in node.input:
+            name = graph.aliases.get(name, name)
             if name in graph.initializers:
                 weight_users[name] = weight_users.get(name, 0) + 1
 
@@ -291,62 +305,89 @@ def find_sites(model: onnx.ModelProto) -> Analysis:
         if site is not None:
             analysis.linear.append(site)
 
-    tables: Dict[str, List[LinearSite]] = {}
-    for site in analysis.linear:
-        if site.weight_transposed:
-            tables.setdefault(site.weight, []).append(site)
-
     for node in model.graph.node:
-        if node.op_type != "Gather":
-            continue
-        table = node.input[0]
-        if not graph.is_constant(table):
-            continue  # a Gather on activations is not an embedding: nothing to report
-        shape = graph.constant_shape(table)
-        axis = int(_attr(node, "axis", 0))
-        if shape is None or len(shape) != 2:
-            analysis.skipped.append(Skipped(node.name, "Gather", f"table {table!r} is not 2-D"))
-            continue
-        if axis != 0:
-            analysis.skipped.append(Skipped(node.name, "Gather", f"axis={axis}, only axis 0 is an embedding lookup"))
-            continue
-        if graph.constant_dtype(table) not in FLOAT_TYPES:
-            analysis.skipped.append(Skipped(node.name, "Gather", f"table {table!r} is not float"))
-            continue
-        if graph.is_constant(node.input[1]):
-            analysis.skipped.append(Skipped(node.name, "Gather", "indices are constant (folded by onnxruntime)"))
-            continue
-        heads = tuple(s.name for s in tables.get(table, ()))
-        analysis.embeddings.append(
-            EmbeddingSite(
-                name=node.name,
-                table=table,
-                indices=node.input[1],
-                output=node.output[0],
-                N=shape[0],
-                K=shape[1],
-                layer=layer_index(node.name, table),
-                tied_heads=heads,
-            )
-        )
+        if node.op_type == "Gather":
+            emb = _embedding_site(graph, node, analysis.skipped)
+            if emb is not None:
+                # a head computing with the same table the other way round is tied to it
+                heads = tuple(s.name for s in analysis.linear if graph.aliases.get(s.weight, s.weight) == emb.table
+                              and s.weight_transposed != emb.table_transposed)
+                analysis.embeddings.append(_replace(emb, tied_heads=heads))
 
     # A head whose weight is the embedding table (transposed) is the LM head.
     tied = {h for e in analysis.embeddings for h in e.tied_heads}
     final: List[LinearSite] = []
     for site in analysis.linear:
-        shared = weight_users.get(site.weight, 0) > 1
+        shared = weight_users.get(graph.aliases.get(site.weight, site.weight), 0) > 1
         if site.name in tied:
             site = _replace(site, role="head", weight_shared=True)
         elif shared:
             site = _replace(site, weight_shared=True)
         final.append(site)
     analysis.linear = final
-    layers = [s.layer for s in analysis.linear if s.layer is not None]
-    analysis.num_layers = max(layers) + 1 if layers else None
+    _structural_roles(graph, analysis)
     return analysis
 
 
-def _replace(site: LinearSite, **changes) -> LinearSite:
+#: roles that belong to a transformer block (their block index comes from the structure)
+BLOCK_ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "down")
+
+
+def _structural_roles(graph: ModelGraph, analysis: Analysis) -> None:
+    """Roles and block indices from the graph's structure (:mod:`onnxq.roles`); names
+    (:func:`infer_role`, :func:`layer_index`) only where the structure says nothing."""
+    from .roles import Linear, block_structure
+
+    vocab = max((e.N for e in analysis.embeddings), default=None)
+    found = block_structure(graph, graph.consumers, graph.model.graph.node,
+                            [Linear(s.name, s.input, s.output, s.N) for s in analysis.linear], vocab)
+    final: List[LinearSite] = []
+    for site in analysis.linear:
+        role = found.roles.get(site.name)
+        if role is not None and site.role != "head":
+            layer = found.layers.get(site.name) if role in BLOCK_ROLES else site.layer
+            site = _replace(site, role=role, layer=layer)
+        final.append(site)
+    analysis.linear = final
+    if found.num_layers is not None:
+        analysis.num_layers = found.num_layers
+    else:
+        layers = [s.layer for s in analysis.linear if s.layer is not None]
+        analysis.num_layers = max(layers) + 1 if layers else None
+
+
+def _embedding_site(graph: ModelGraph, node: NodeProto, skipped: List[Skipped]) -> Optional[EmbeddingSite]:
+    """``Gather(table, ids)``, or ``Gather(Transpose(table), ids)`` (onnxruntime-genai reads
+    the LM head's [K, N] weight as the table), on a constant 2-D float table."""
+    table, transposed = node.input[0], False
+    producer = graph.producer(table)
+    if not graph.is_constant(table) and producer is not None and producer.op_type == "Transpose":
+        perm = list(_attr(producer, "perm", [1, 0]))
+        if graph.is_constant(producer.input[0]) and perm == [1, 0]:
+            table, transposed = producer.input[0], True
+    if not graph.is_constant(table):
+        return None  # a Gather on activations is not an embedding: nothing to report
+    shape = graph.constant_shape(table)
+    axis = int(_attr(node, "axis", 0))
+    reason = None
+    if shape is None or len(shape) != 2:
+        reason = f"table {table!r} is not 2-D"
+    elif axis != 0:
+        reason = f"axis={axis}, only axis 0 is an embedding lookup"
+    elif graph.constant_dtype(table) not in FLOAT_TYPES:
+        reason = f"table {table!r} is not float"
+    elif graph.is_constant(node.input[1]):
+        reason = "indices are constant (folded by onnxruntime)"
+    if reason is not None:
+        skipped.append(Skipped(node.name, "Gather", reason))
+        return None
+    table = graph.aliases.get(table, table)
+    n, k = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+    return EmbeddingSite(name=node.name, table=table, indices=node.input[1], output=node.output[0], N=int(n), K=int(k),
+                         layer=layer_index(node.name, table), table_transposed=transposed)
+
+
+def _replace(site, **changes):
     from dataclasses import replace
 
     return replace(site, **changes)

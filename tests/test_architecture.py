@@ -24,6 +24,7 @@ FLOORS = {
     "onnxq.calibrate": FLOOR, "onnxq.formats": FLOOR, "onnxq.plan": FLOOR, "onnxq.recipe": FLOOR,
     "onnxq.presets": FLOOR, "onnxq.passes": FLOOR, "onnxq.report": FLOOR, "onnxq.corpora": FLOOR,
     "onnxq.runtime": FLOOR, "onnxq.checks": FLOOR, "onnxq.model_inputs": FLOOR, "onnxq.text_inputs": FLOOR,
+    "onnxq.norms": FLOOR, "onnxq.roles": FLOOR, "onnxq.fused_ops": FLOOR,
     "onnxq.ggml": WING, "onnxq.smoothquant": WING,
     "onnxq.pipeline": TOP, "onnxq.inspect_model": TOP, "onnxq.evaluate": TOP, "onnxq.zoo": TOP,
     "onnxq.convert": TOP, "onnxq.gguf": TOP, "onnxq.budget": TOP, "onnxq.portable": TOP,

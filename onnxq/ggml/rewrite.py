@@ -174,7 +174,7 @@ def _group_packs(job: _Rewrite) -> None:
         site = job.site(decision.site)
         m = decision.method
         if isinstance(site, EmbeddingSite):
-            weight, rows_stored, alpha = site.table, True, 1.0
+            weight, rows_stored, alpha = site.table, not site.table_transposed, 1.0
         else:
             weight, rows_stored, alpha = site.weight, site.weight_transposed, site.gemm_alpha
         key = (weight, rows_stored, m.qtype, m.tail_type, alpha)

@@ -27,7 +27,7 @@ from onnx import TensorProto
 
 from ..calibrate import CalibrationCache, TensorStats, calibrate
 from ..errors import CalibrationError, ModelError
-from ..folding import Fold, FoldContext, LinearOutputMulRule, SiteWeights, insert_explicit_mul, match_fold
+from ..folding import Fold, FoldContext, LinearOutputMulRule, NoFold, SiteWeights, find_fold, insert_explicit_mul
 from ..graph_edit import prune_initializers, remove_nodes, topological_sort
 from ..sites import LinearSite, ModelGraph, bias_vector, find_sites, input_groups
 from .config import SmoothQuantConfig, resolve_alpha
@@ -92,6 +92,8 @@ class _Group:
     sites: List[LinearSite]
     targets: List[LinearSite]
     fold: Optional[Fold]
+    #: why 1/s cannot be folded into X's producer (fold is None)
+    no_fold: str = ""
     s: Optional[np.ndarray] = None
     alpha: Optional[float] = None
     x_smoothed: Optional[str] = None
@@ -225,14 +227,14 @@ def _make_groups(run: _Run) -> None:
                 f"no calibration statistics for tensor {x!r} (input of {gt[0].name}); calibrate "
                 "the tensors listed by required_tensors()"
             )
-        fold = match_fold(run.ctx, x, gsites[0].K, [s.name for s in gsites])
+        found = find_fold(run.ctx, x, gsites[0].K, [s.name for s in gsites])
+        fold, why = (None, found.reason) if isinstance(found, NoFold) else (found, "")
         if (run.format == "qoperator" and fold is not None and isinstance(fold.rule, LinearOutputMulRule)
                 and fold.extra.name in run.targets):
             # QOperator requantizes that site's output per tensor: scaling its columns by
             # 1/s (a spread of orders of magnitude) would wipe out its small channels
-            run.report.notes.append(f"{x}: not folded into {fold.extra.name} (its QOperator output is requantized); explicit Mul")
-            fold = None
-        run.groups.append(_Group(x, gsites, gt, fold))
+            fold, why = None, f"not folded into {fold.extra.name} (its QOperator output is requantized)"
+        run.groups.append(_Group(x, gsites, gt, fold, why))
     # a fold into a linear site's output columns changes that site's weight, which the
     # site's own group needs for its s: do those groups first
     run.groups.sort(key=lambda g: 0 if g.folds_into_linear else 1)
@@ -306,6 +308,7 @@ def _apply_scales(run: _Run, g: _Group) -> None:
         run.report.folded.append((g.x, g.s))
         return
     consumers = [run.graph.node(t.name) for t in g.targets]
+    run.report.notes.append(f"{g.x}: explicit Mul: {g.no_fold}")
     g.x_smoothed = insert_explicit_mul(run.ctx, g.x, g.s, consumers, g.targets[0].name)
     for site in g.targets:
         run.weights.scale_rows(site, g.s)

@@ -9,6 +9,7 @@ from onnx import TensorProto
 from ..calibrate import CalibrationCache, calibrate
 from ..checks import check_input_model
 from ..errors import ModelError
+from ..fused_ops import unfuse_weights
 from ..modelio import check_output_path, load_model, model_dir, save_model
 from ..sites import LinearSite
 from .apply import AlphaSpec, apply_smoothquant, required_tensors
@@ -59,6 +60,7 @@ def quantize_model(
     model = load_model(input_path)
     check_input_model(model, input_path)
     base_dir = model_dir(input_path)
+    opened = unfuse_weights(model, base_dir)  # fused Attention's QKV weights become sites
     cache = CalibrationCache(calibration_data, model, batch_size=batch_size,
                              max_samples=config.num_calibration_samples)
     tensors = required_tensors(model, sites, format)
@@ -67,7 +69,7 @@ def quantize_model(
     stats = calibrate(model, tensors, cache, sample_rows=sample_rows, holdout_every=holdout,
                       base_dir=base_dir, progress=progress)
     keep_float = list(keep_float)
-    notes: List[str] = []
+    notes: List[str] = [f"opened up {op} {name!r} so its weights can be quantized" for name, op in opened.replaced.items()]
     if keep_float_top > 0 and sensitivity == "end-to-end":
         from .sensitivity import activation_sensitivity
 
