@@ -33,7 +33,6 @@ from onnxq.zoo.calibration import python_reference_text
 
 pytestmark = pytest.mark.slow
 
-PART_B = "issue 13 part B: "
 #: ops that read a weight or table, and which of their inputs hold it
 WEIGHT_READERS = {"MatMul": (1,), "Gemm": (1,), "Gather": (0,), "Attention": (1,), "EmbedLayerNormalization": (2, 3, 4)}
 
@@ -114,12 +113,7 @@ def _float_weights(path: Path) -> list:
     return sorted(found)
 
 
-def _part_b(names: Dict[str, str]):
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=PART_B + names[n])) if n in names else n
-            for n in EXPORTS]
-
-
-@pytest.mark.parametrize("name", _part_b({}))
+@pytest.mark.parametrize("name", EXPORTS)
 def test_ggml_quantizes_every_weight(name):
     q = quantized(name)["ggml"]
     assert _float_weights(q["path"]) == []
