@@ -190,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     modes = parse_list(args.modes, str)
     rng = np.random.default_rng(0)
 
-    print(f"onnxruntime {ort.__version__}, onnxq kernels: {kernel_isa()}, cpus {os.cpu_count()}")
+    print(f"onnxruntime {ort.__version__}, onnxq kernels: {runtime.kernel_isa()}, cpus {os.cpu_count()}")
     print("time per call (median of round-robin batches); xf32 / xnb4 = peer time / this time (> 1: faster)\n")
     header = f"| {'K x N':>11} | {'M':>4} | thr | {'op':<11} | {'ms/call':>9} | {'x f32':>6} | {'x nbits4':>8} |"
     print(header)
@@ -221,19 +221,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
     return 0
-
-
-def kernel_isa() -> str:
-    """The instruction set onnxq's kernels dispatch to (ONNXQ_ISA applied)."""
-    import ctypes
-
-    lib = ctypes.CDLL(runtime.get_library_path())
-    try:
-        fn = lib.onnxq_kernel_isa
-    except AttributeError:  # the library exports only RegisterCustomOps
-        return os.environ.get("ONNXQ_ISA", "best available")
-    fn.restype = ctypes.c_char_p
-    return fn().decode()
 
 
 def check(models, weights, types, modes, K, N, rng) -> None:

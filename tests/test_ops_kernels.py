@@ -34,7 +34,7 @@ TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 KQUANTS = {"Q4_K", "Q5_K", "Q6_K"}
 BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
          "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512vnni", 3: "neon", 4: "dotprod", 5: "i8mm"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avxvnni", 3: "avx512vnni", 4: "neon", 5: "dotprod", 6: "i8mm"}
 
 
 @pytest.fixture(scope="session")
