@@ -837,7 +837,7 @@ GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
 #define IG_NAME(x) x##_avx2
 #define IG_ATTR "avx2,fma,f16c"
 #define IG_MR 4
-#define IG_NV 1
+#define IG_NV 2
 #define IG_AVX2 1
 #include "kernels_igemm_x86.h"
 #undef IG_NAME

@@ -76,23 +76,27 @@ static inline int32_t ig_rd32(const void *p) {
 }
 #endif
 
-/* d[m][v] = sum over steps [ks0, ks0 + nks) of codes . activations (row m from element k0). */
+/* d[m][v] (+)= sum over steps [ks0, ks0 + nks) of codes . activations (row m from element k0);
+ * AVX2 only: each int16 run is widened by vpmaddwd against mul[v] (ones, or a sub-block scale in
+ * both int16 halves of a lane, which scales while it widens). */
 IG_INLINE void IG_NAME(ig_subdot)(const int type, const uint8_t *pb, const int ks0, const int nks,
-                                  const onnxq_qact *const *rows, int64_t k0, IG_W d[IG_MR][IG_NV]) {
+                                  const onnxq_qact *const *rows, int64_t k0, IG_W d[IG_MR][IG_NV],
+                                  const IG_W *mul, const int accumulate) {
+    if (!accumulate)
+        for (int m = 0; m < IG_MR; ++m)
+            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ZERO();
 #if IG_AVX2
     /* int16 runs: pairs of products <= 2*15*127 (4-bit), 2*31*127 (5-bit), 2*63*127 (6-bit), 2*128*127 (8-bit, sign trick) */
     const int run = type == ONNXQ_TYPE_Q8_0 ? 1
                     : type == ONNXQ_TYPE_Q6_K ? 2
                     : (type == ONNXQ_TYPE_Q5_0 || type == ONNXQ_TYPE_Q5_1 || type == ONNXQ_TYPE_Q5_K) ? 4 : 8;
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int m = 0; m < IG_MR; ++m)
-        for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ZERO();
     ONNXQ_UNROLL
     for (int r0 = 0; r0 < nks; r0 += run) {
         __m256i t[IG_MR][IG_NV];
         for (int m = 0; m < IG_MR; ++m)
             for (int v = 0; v < IG_NV; ++v) t[m][v] = _mm256_setzero_si256(); /* x + 0 folds away */
-        ONNXQ_UNROLL
+        /* rolled: unrolled, GCC hoists every maddubs ahead of the adds and spills them */
+        ONNXQ_PRAGMA(GCC unroll 1)
         for (int ks = r0; ks < r0 + run; ++ks) {
             __m256i w[IG_NV], aw[IG_NV];
             for (int v = 0; v < IG_NV; ++v) {
@@ -112,11 +116,10 @@ IG_INLINE void IG_NAME(ig_subdot)(const int type, const uint8_t *pb, const int k
             }
         }
         for (int m = 0; m < IG_MR; ++m)
-            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ADD(d[m][v], _mm256_madd_epi16(t[m][v], ones));
+            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ADD(d[m][v], _mm256_madd_epi16(t[m][v], mul[v]));
     }
 #else
-    for (int m = 0; m < IG_MR; ++m)
-        for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ZERO();
+    (void)mul;
     ONNXQ_UNROLL
     for (int ks = 0; ks < nks; ++ks) {
         IG_W w[IG_NV];
@@ -138,15 +141,33 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
     const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
     const int64_t pbytes = (int64_t)IG_NG * 32 * (sh.nks + sh.nf + sh.nsub + sh.npair);
     const int off_shift = type == ONNXQ_TYPE_Q4_0 ? 3 : type == ONNXQ_TYPE_Q5_0 ? 4 : type == ONNXQ_TYPE_Q8_0 ? 7 : -1;
+#if IG_ZMM
+    /* 32 registers: the float accumulators stay in registers for the whole run */
     IG_F acc[IG_MR][IG_NV];
     for (int m = 0; m < IG_MR; ++m)
         for (int v = 0; v < IG_NV; ++v) acc[m][v] = first ? IG_ZEROF() : IG_LDF(C + m * ldc + v * (IG_VB / 4));
+#define IG_ACC_LOAD(m, v) ((void)0)
+#define IG_ACC_STORE(m, v) ((void)0)
+#else
+    /* 16 registers hold the integer sums; the float accumulators live in C (L1), touched once per block */
+    IG_F acc[IG_MR][IG_NV];
+    if (first)
+        for (int m = 0; m < IG_MR; ++m)
+            for (int v = 0; v < IG_NV; ++v) IG_STF(C + m * ldc + v * (IG_VB / 4), IG_ZEROF());
+#define IG_ACC_LOAD(m, v) (acc[m][v] = IG_LDF(C + (m) * ldc + (v) * (IG_VB / 4)))
+#define IG_ACC_STORE(m, v) IG_STF(C + (m) * ldc + (v) * (IG_VB / 4), acc[m][v])
+#endif
+#if IG_AVX2
+    const IG_W ones[IG_NV > 1 ? IG_NV : 1] = {_mm256_set1_epi16(1), _mm256_set1_epi16(1)};
+#else
+    const IG_W *const ones = NULL;
+#endif
     for (int64_t b = 0; b < nblk; ++b) {
         const uint8_t *pb = panel + b * pbytes;
         const int64_t ab = b0 + b;
         IG_W d[IG_MR][IG_NV];
         if (sh.nks == 8) { /* 32-element blocks */
-            IG_NAME(ig_subdot)(type, pb, 0, 8, rows, 32 * ab, d);
+            IG_NAME(ig_subdot)(type, pb, 0, 8, rows, 32 * ab, d, ones, 0);
             for (int v = 0; v < IG_NV; ++v) {
                 const IG_F dx = IG_LDF(IG_FIELD(pb, 8, 0, v));
                 for (int m = 0; m < IG_MR; ++m) {
@@ -157,9 +178,11 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
 #else
                     if (off_shift >= 0) s = IG_SUB(s, IG_SLLI(IG_SETI(rows[m]->isum[ab]), off_shift));
 #endif
+                    IG_ACC_LOAD(m, v);
                     acc[m][v] = IG_FMA(IG_CVT(s), IG_MULF(dx, IG_SETF(dy)), acc[m][v]);
                     if (sh.nf == 2)
                         acc[m][v] = IG_FMA(IG_LDF(IG_FIELD(pb, 8, 1, v)), IG_SETF(dy * (float)rows[m]->isum[ab]), acc[m][v]);
+                    IG_ACC_STORE(m, v);
                 }
             }
             continue;
@@ -167,15 +190,26 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
         /* K-quant super-block: scaled sub-block sums */
         IG_W isc[IG_MR][IG_NV];
         const int sub = sh.nks / sh.nsub, scf = sh.nf; /* steps per sub-block; sc field index */
-        for (int m = 0; m < IG_MR; ++m)
-            for (int v = 0; v < IG_NV; ++v) isc[m][v] = IG_ZERO();
+#if IG_AVX2
+        /* the int16 runs are scaled while widened: isc is the sum of every sub-block's madd */
         for (int s = 0; s < sh.nsub; ++s) {
-            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, d);
+            IG_W scd[IG_NV];
             for (int v = 0; v < IG_NV; ++v) {
                 const IG_W sc = IG_LD(IG_FIELD(pb, sh.nks, scf + s, v));
-                for (int m = 0; m < IG_MR; ++m) isc[m][v] = IG_ADD(isc[m][v], IG_MULLO(d[m][v], sc));
+                scd[v] = _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+            }
+            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, isc, scd, s > 0);
+        }
+#else
+        for (int s = 0; s < sh.nsub; ++s) {
+            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, d, ones, 0);
+            for (int v = 0; v < IG_NV; ++v) {
+                const IG_W sc = IG_LD(IG_FIELD(pb, sh.nks, scf + s, v));
+                for (int m = 0; m < IG_MR; ++m)
+                    isc[m][v] = s ? IG_ADD(isc[m][v], IG_MULLO(d[m][v], sc)) : IG_MULLO(d[m][v], sc);
             }
         }
+#endif
         const int prf = scf + sh.nsub;
         for (int m = 0; m < IG_MR; ++m) {
             const float dy = rows[m]->d[ab];
@@ -184,17 +218,23 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
                 IG_W t = IG_ZERO();
                 for (int p = 0; p < sh.npair; ++p) t = IG_ADD(t, IG_MADD16(IG_LD(IG_FIELD(pb, sh.nks, prf + p, v)), IG_BC32(bs + 2 * p)));
                 const IG_F dd = IG_MULF(IG_LDF(IG_FIELD(pb, sh.nks, 0, v)), IG_SETF(dy));
+                IG_ACC_LOAD(m, v);
                 if (type == ONNXQ_TYPE_Q6_K) {
                     acc[m][v] = IG_FMA(IG_CVT(IG_SUB(isc[m][v], IG_SLLI(t, 5))), dd, acc[m][v]);
                 } else {
                     acc[m][v] = IG_FMA(IG_CVT(isc[m][v]), dd, acc[m][v]);
                     acc[m][v] = IG_FNMA(IG_CVT(t), IG_MULF(IG_LDF(IG_FIELD(pb, sh.nks, 1, v)), IG_SETF(dy)), acc[m][v]);
                 }
+                IG_ACC_STORE(m, v);
             }
         }
     }
+#if IG_ZMM
     for (int m = 0; m < IG_MR; ++m)
         for (int v = 0; v < IG_NV; ++v) IG_STF(C + m * ldc + v * (IG_VB / 4), acc[m][v]);
+#endif
+#undef IG_ACC_LOAD
+#undef IG_ACC_STORE
 }
 
 #define IG_ENTRY(t, TYPE)                                                                                       \

@@ -309,6 +309,8 @@ static void igemm_part(const igemm_job *J, int p, int64_t g0, int64_t g1, int64_
     const int64_t pbytes = onnxq_igemm_block_bytes(pt->type, ng), gstride = pt->nb * pt->gbytes;
     const int64_t nmicro = (g1 - g0 + ng - 1) / ng;
     const onnxq_qact *rows[16];
+    /* a row shorter than one super-block has no main blocks: the part adds zeros, as in the dot path */
+    if (pt->nb == 0) memset(C, 0, sizeof(float) * (size_t)(width * ((m1 - m0 + mr - 1) / mr * mr)));
     for (int64_t b = 0; b < pt->nb; b += kcb) {
         const int64_t nblk = pt->nb - b < kcb ? pt->nb - b : kcb;
         for (int64_t u = 0; u < nmicro; ++u) {
