@@ -853,37 +853,21 @@ GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
 #undef IG_ATTR
 #undef IG_VEXVNNI
 
-static const onnxq_kernel_table table_avx2 = {
-    .name = "avx2",
-    .quant_q8_0 = onnxq_avx2_quant_q8_0,
-    .quant_q8_K = onnxq_avx2_quant_q8_K,
-    .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},
-    .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1, onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},
-    .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,
-             onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},
-    .ukernel = onnxq_avx2_ukernel,
-    ONNXQ_X86_GEXPAND,
-    .igemm = IGEMM_TABLE(avx2),
-    .igemm_mr = IG_MR,
-    .igemm_ng = IG_NV,
-};
+/* Everything but the name and the GEMM micro-kernels: AVX2 and AVX-VNNI share it (the dot
+ * kernels stay AVX2's at both levels: decode is bound by memory bandwidth, and one dot per
+ * level keeps the results identical). */
+#define AVX2_TABLE_COMMON                                                                                    \
+    .quant_q8_0 = onnxq_avx2_quant_q8_0, .quant_q8_K = onnxq_avx2_quant_q8_K,                                \
+    .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},                  \
+    .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1,     \
+              onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},    \
+    .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,         \
+             onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},        \
+    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_mr = IG_MR, .igemm_ng = IG_NV
 
-/* AVX-VNNI: the AVX2 table with the VNNI micro-kernels (the dot kernels stay AVX2's: decode
- * is bound by memory bandwidth, and one dot per level keeps the results identical). */
-static const onnxq_kernel_table table_avxvnni = {
-    .name = "avxvnni",
-    .quant_q8_0 = onnxq_avx2_quant_q8_0,
-    .quant_q8_K = onnxq_avx2_quant_q8_K,
-    .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},
-    .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1, onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},
-    .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,
-             onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},
-    .ukernel = onnxq_avx2_ukernel,
-    ONNXQ_X86_GEXPAND,
-    .igemm = IGEMM_TABLE(avxvnni),
-    .igemm_mr = IG_MR,
-    .igemm_ng = IG_NV,
-};
+static const onnxq_kernel_table table_avx2 = {.name = "avx2", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avx2)};
+/* AVX-VNNI: the AVX2 table with the VNNI micro-kernels. */
+static const onnxq_kernel_table table_avxvnni = {.name = "avxvnni", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avxvnni)};
 
 const onnxq_kernel_table *onnxq_kernels_avx2(void) { return &table_avx2; }
 const onnxq_kernel_table *onnxq_kernels_avxvnni(void) { return &table_avxvnni; }

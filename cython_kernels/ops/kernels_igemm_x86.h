@@ -158,7 +158,8 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
 #define IG_ACC_STORE(m, v) IG_STF(C + (m) * ldc + (v) * (IG_VB / 4), acc[m][v])
 #endif
 #if IG_AVX2
-    const IG_W ones[IG_NV > 1 ? IG_NV : 1] = {_mm256_set1_epi16(1), _mm256_set1_epi16(1)};
+    IG_W ones[IG_NV];
+    for (int v = 0; v < IG_NV; ++v) ones[v] = _mm256_set1_epi16(1);
 #else
     const IG_W *const ones = NULL;
 #endif
