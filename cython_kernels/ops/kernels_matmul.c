@@ -283,9 +283,15 @@ static void quant_task(void *user, size_t t) {
 #ifndef ONNXQ_IGEMM_MIN_M
 #define ONNXQ_IGEMM_MIN_M 16
 #endif
+#ifndef ONNXQ_IGEMM_KC
 #define ONNXQ_IGEMM_KC 512      /* elements of K per panel: the micro-kernel's weights stay in L1 */
+#endif
+#ifndef ONNXQ_IGEMM_TILE_G
 #define ONNXQ_IGEMM_TILE_G 16   /* groups (x8 columns) per task: the panel stays in L2 */
+#endif
+#ifndef ONNXQ_IGEMM_TILE_M
 #define ONNXQ_IGEMM_TILE_M 128  /* activation rows per task */
+#endif
 
 typedef struct {
     const onnxq_weight *w;
@@ -294,9 +300,16 @@ typedef struct {
     int64_t M;
     const float *bias;
     float *Y;
-    int64_t tile_g, tile_m, n_ntiles;
+    int64_t tile_g, tile_m, n_ntiles, n_tiles, tiles_per_task;
     atomic_int *failed;
 } igemm_job;
+
+/* Blocks per K chunk: about ONNXQ_IGEMM_KC elements, the chunks of a part equal (no short last one). */
+static int64_t igemm_chunk_blocks(const onnxq_wpart *pt) {
+    const int64_t target = ONNXQ_IGEMM_KC / pt->bs > 0 ? ONNXQ_IGEMM_KC / pt->bs : 1;
+    const int64_t chunks = (pt->nb + target - 1) / target;
+    return chunks > 0 ? (pt->nb + chunks - 1) / chunks : 1;
+}
 
 /* C[rows][width] of one part over its K chunks: expand a chunk of every micro-tile's groups, then
  * run every row tile against it (the micro-tile's panel is L1-resident while the rows go by). */
@@ -305,10 +318,10 @@ static void igemm_part(const igemm_job *J, int p, int64_t g0, int64_t g1, int64_
     const onnxq_weight *w = J->w;
     const onnxq_wpart *pt = &w->part[p];
     const int slot = onnxq_type_slot(pt->type), ng = J->T->igemm_ng, mr = J->T->igemm_mr;
-    const int64_t kcb = ONNXQ_IGEMM_KC / pt->bs > 0 ? ONNXQ_IGEMM_KC / pt->bs : 1;
+    const int64_t kcb = igemm_chunk_blocks(pt);
     const int64_t pbytes = onnxq_igemm_block_bytes(pt->type, ng), gstride = pt->nb * pt->gbytes;
     const int64_t nmicro = (g1 - g0 + ng - 1) / ng;
-    const onnxq_qact *rows[16];
+    const onnxq_qact *rows[16]; /* igemm_mr <= 16 in every table */
     /* a row shorter than one super-block has no main blocks: the part adds zeros, as in the dot path */
     if (pt->nb == 0) memset(C, 0, sizeof(float) * (size_t)(width * ((m1 - m0 + mr - 1) / mr * mr)));
     for (int64_t b = 0; b < pt->nb; b += kcb) {
@@ -328,47 +341,66 @@ static void igemm_part(const igemm_job *J, int p, int64_t g0, int64_t g1, int64_
     }
 }
 
-static void igemm_task(void *user, size_t t) {
-    const igemm_job *J = user;
+/* Scratch of one tile: the panel of the widest K chunk, then C for every part. */
+static size_t igemm_scratch(const igemm_job *J, int64_t width, int64_t rows, size_t *panel_bytes) {
     const onnxq_weight *w = J->w;
-    const int64_t nt = (int64_t)t % J->n_ntiles, mt = (int64_t)t / J->n_ntiles;
+    int64_t pb = 0;
+    for (int p = 0; p < w->nparts; ++p) {
+        const int64_t kcb = igemm_chunk_blocks(&w->part[p]);
+        const int64_t nblk = w->part[p].nb < kcb ? w->part[p].nb : kcb;
+        const int64_t bytes = width / 8 * nblk * onnxq_igemm_block_bytes(w->part[p].type, 1);
+        if (bytes > pb) pb = bytes;
+    }
+    *panel_bytes = (size_t)(pb + 63) / 64 * 64;
+    return (*panel_bytes + (size_t)(rows * width) * sizeof(float) * (size_t)w->nparts + 63) / 64 * 64;
+}
+
+static void igemm_tile(const igemm_job *J, int64_t t, uint8_t *mem) {
+    const onnxq_weight *w = J->w;
+    const int64_t nt = t % J->n_ntiles, mt = t / J->n_ntiles;
     const int64_t g0 = nt * J->tile_g, g1 = g0 + J->tile_g < w->n_groups ? g0 + J->tile_g : w->n_groups;
     const int64_t m0 = mt * J->tile_m, m1 = m0 + J->tile_m < J->M ? m0 + J->tile_m : J->M;
     const int ng = J->T->igemm_ng, mr = J->T->igemm_mr;
     const int64_t width = (g1 - g0 + ng - 1) / ng * ng * 8, rows = (m1 - m0 + mr - 1) / mr * mr;
-    int64_t panel_bytes = 0;
-    for (int p = 0; p < w->nparts; ++p) {
-        const int64_t kcb = ONNXQ_IGEMM_KC / w->part[p].bs > 0 ? ONNXQ_IGEMM_KC / w->part[p].bs : 1;
-        const int64_t nblk = w->part[p].nb < kcb ? w->part[p].nb : kcb;
-        const int64_t bytes = width / 8 * nblk * onnxq_igemm_block_bytes(w->part[p].type, 1);
-        if (bytes > panel_bytes) panel_bytes = bytes;
+    size_t panel_bytes;
+    igemm_scratch(J, width, rows, &panel_bytes);
+    float *C0 = (float *)(mem + panel_bytes), *C1 = C0 + rows * width;
+    for (int p = 0; p < w->nparts; ++p) igemm_part(J, p, g0, g1, m0, m1, mem, p ? C1 : C0, width);
+    /* the dot path's order: part 0, + part 1, + bias (0.0f without one); simple loops vectorize */
+    const int64_t n0 = g0 * 8, nn = (g1 * 8 < w->N ? g1 * 8 : w->N) - n0;
+    for (int64_t m = m0; m < m1; ++m) {
+        float *c0 = C0 + (m - m0) * width, *y = J->Y + m * w->N + n0;
+        const float *c1 = C1 + (m - m0) * width, *bias = J->bias ? J->bias + n0 : NULL;
+        if (w->nparts == 2)
+            for (int64_t n = 0; n < nn; ++n) c0[n] += c1[n];
+        if (bias)
+            for (int64_t n = 0; n < nn; ++n) y[n] = c0[n] + bias[n];
+        else
+            for (int64_t n = 0; n < nn; ++n) y[n] = c0[n] + 0.0f;
     }
-    const size_t cbytes = (size_t)(rows * width) * sizeof(float);
-    uint8_t *mem = aligned_alloc(64, (size_t)(panel_bytes + 63) / 64 * 64 + cbytes * (size_t)w->nparts);
+}
+
+/* A run of tiles with one scratch allocation (many small tiles would each pay for fresh pages). */
+static void igemm_task(void *user, size_t t) {
+    const igemm_job *J = user;
+    const int64_t t0 = (int64_t)t * J->tiles_per_task;
+    const int64_t t1 = t0 + J->tiles_per_task < J->n_tiles ? t0 + J->tiles_per_task : J->n_tiles;
+    const int ng = J->T->igemm_ng, mr = J->T->igemm_mr;
+    size_t panel_bytes;
+    const size_t bytes = igemm_scratch(J, (J->tile_g + ng - 1) / ng * ng * 8, (J->tile_m + mr - 1) / mr * mr, &panel_bytes);
+    uint8_t *mem = aligned_alloc(64, bytes);
     if (!mem) {
         atomic_store_explicit(J->failed, 1, memory_order_relaxed);
         return;
     }
-    float *C0 = (float *)(mem + (panel_bytes + 63) / 64 * 64), *C1 = C0 + rows * width;
-    for (int p = 0; p < w->nparts; ++p) igemm_part(J, p, g0, g1, m0, m1, mem, p ? C1 : C0, width);
-    /* the dot path's order: part 0, + part 1, + bias (0.0f without one) */
-    const int64_t n0 = g0 * 8, n1 = g1 * 8 < w->N ? g1 * 8 : w->N;
-    for (int64_t m = m0; m < m1; ++m) {
-        const float *c0 = C0 + (m - m0) * width, *c1 = C1 + (m - m0) * width;
-        float *y = J->Y + m * w->N;
-        for (int64_t n = n0; n < n1; ++n) {
-            float v = c0[n - n0];
-            if (w->nparts == 2) v += c1[n - n0];
-            y[n] = v + (J->bias ? J->bias[n] : 0.0f);
-        }
-    }
+    for (int64_t i = t0; i < t1; ++i) igemm_tile(J, i, mem);
     free(mem);
 }
 
 static int matmul_igemm(const onnxq_weight *w, const onnxq_kernel_table *T, onnxq_qact *const act[2], int64_t M,
                         const float *bias, float *Y, const onnxq_runner *run) {
     atomic_int failed = 0;
-    igemm_job J = {w, T, {act[0], act[1]}, M, bias, Y, 0, 0, 0, &failed};
+    igemm_job J = {w, T, {act[0], act[1]}, M, bias, Y, 0, 0, 0, 0, 0, &failed};
     const int64_t threads = run && run->num_threads > 1 ? run->num_threads : 1;
     const int ng = T->igemm_ng, mr = T->igemm_mr;
     J.tile_m = M < ONNXQ_IGEMM_TILE_M ? M : ONNXQ_IGEMM_TILE_M;
@@ -379,7 +411,9 @@ static int matmul_igemm(const onnxq_weight *w, const onnxq_kernel_table *T, onnx
     while (tg > ng && n_mtiles * ((w->n_groups + tg - 1) / tg) < 4 * threads) tg /= 2;
     J.tile_g = (tg + ng - 1) / ng * ng;
     J.n_ntiles = (w->n_groups + J.tile_g - 1) / J.tile_g;
-    const int rc = run_tasks(run, igemm_task, (size_t)(J.n_ntiles * n_mtiles), &J);
+    J.n_tiles = J.n_ntiles * n_mtiles;
+    J.tiles_per_task = J.n_tiles / (8 * threads) > 1 ? J.n_tiles / (8 * threads) : 1; /* about 8 tasks per thread */
+    const int rc = run_tasks(run, igemm_task, (size_t)((J.n_tiles + J.tiles_per_task - 1) / J.tiles_per_task), &J);
     return rc ? rc : atomic_load(&failed) ? ONNXQ_KERNEL_NOMEM : ONNXQ_KERNEL_OK;
 }
 
