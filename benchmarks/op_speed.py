@@ -18,6 +18,11 @@ each onnxq model against X @ dequantize(W).T on small inputs.
     python benchmarks/op_speed.py                      # the whole grid (about 15-30 min)
     python benchmarks/op_speed.py --quick              # 4096x4096, M 1 and 512, 2 threads
     python benchmarks/op_speed.py --shapes 4096x4096 --M 1 --types Q4_0,Q6_K --threads 2
+    python benchmarks/op_speed.py --M 1 --baseline-lib /other/checkout/onnxq/libonnxq_ops.so
+
+``--baseline-lib`` adds every onnxq variant once more as ``<TYPE>/<mode>@base``, run by another
+build of the op library (e.g. main's, to show a kernel change does not regress), in the same
+round-robin; ``x base`` is then the baseline's time divided by this build's.
 """
 from __future__ import annotations
 
@@ -130,13 +135,16 @@ def dequantize(W: np.ndarray, qtype: str, tail: Optional[str], K: int) -> np.nda
 class Runner:
     """A session bound to fixed input/output buffers: a call is one run_with_iobinding."""
 
-    def __init__(self, model: bytes, threads: int, X: np.ndarray, N: int):
+    def __init__(self, model: bytes, threads: int, X: np.ndarray, N: int, library: Optional[str] = None):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        runtime.register_library(so)
+        if library:  # another build of the same ops (the baseline)
+            so.register_custom_ops_library(library)
+        else:
+            runtime.register_library(so)
         self.sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         self.Y = np.empty((X.shape[0], N), dtype=np.float32)
         self.bind = self.sess.io_binding()
@@ -181,6 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="4096x4096, M 1 and 512, 2 threads, 3 rounds")
     ap.add_argument("--check", action="store_true", help="verify each onnxq model's output first")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--baseline-lib", help="another build of libonnxq_ops.so to run every onnxq variant with too")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.M, args.threads, args.rounds = "4096x4096", "1,512", "2", 3
@@ -190,9 +199,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     modes = parse_list(args.modes, str)
     rng = np.random.default_rng(0)
 
-    print(f"onnxruntime {ort.__version__}, onnxq kernels: {kernel_isa()}, cpus {os.cpu_count()}")
+    print(f"onnxruntime {ort.__version__}, onnxq kernels: {runtime.kernel_isa()}, cpus {os.cpu_count()}")
+    if args.baseline_lib:
+        print(f"baseline library {args.baseline_lib}, its kernels: {library_isa(args.baseline_lib)}")
     print("time per call (median of round-robin batches); xf32 / xnb4 = peer time / this time (> 1: faster)\n")
-    header = f"| {'K x N':>11} | {'M':>4} | thr | {'op':<11} | {'ms/call':>9} | {'x f32':>6} | {'x nbits4':>8} |"
+    header = f"| {'K x N':>11} | {'M':>4} | thr | {'op':<16} | {'ms/call':>9} | {'x f32':>6} | {'x nbits4':>8} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     results = []
@@ -209,29 +220,32 @@ def main(argv: Optional[List[str]] = None) -> int:
             X = rng.standard_normal((M, K)).astype(np.float32)
             for t in threads:
                 runners = {name: Runner(m, t, X, N) for name, m in models.items()}
+                if args.baseline_lib:
+                    runners.update({f"{name}@base": Runner(m, t, X, N, args.baseline_lib)
+                                    for name, m in models.items() if "/" in name})
                 times = measure(runners, args.rounds, args.budget)
                 del runners
                 for name, sec in times.items():
                     row = {"K": K, "N": N, "M": M, "threads": t, "op": name, "ms": sec * 1e3,
                            "vs_f32": times["f32"] / sec, "vs_nbits4": times["nbits4"] / sec}
+                    base = times.get(f"{name}@base")
+                    if base is not None:
+                        row["vs_base"] = base / sec
                     results.append(row)
-                    print(f"| {K:>5}x{N:<5} | {M:>4} | {t:>3} | {name:<11} | {sec * 1e3:>9.3f} | "
-                          f"{row['vs_f32']:>6.2f} | {row['vs_nbits4']:>8.2f} |", flush=True)
+                    extra = f" x base {row['vs_base']:.2f}" if base is not None else ""
+                    print(f"| {K:>5}x{N:<5} | {M:>4} | {t:>3} | {name:<16} | {sec * 1e3:>9.3f} | "
+                          f"{row['vs_f32']:>6.2f} | {row['vs_nbits4']:>8.2f} |{extra}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
     return 0
 
 
-def kernel_isa() -> str:
-    """The instruction set onnxq's kernels dispatch to (ONNXQ_ISA applied)."""
+def library_isa(path: str) -> str:
+    """The kernels another build of the library dispatches to (its onnxq_ops_kernel_isa)."""
     import ctypes
 
-    lib = ctypes.CDLL(runtime.get_library_path())
-    try:
-        fn = lib.onnxq_kernel_isa
-    except AttributeError:  # the library exports only RegisterCustomOps
-        return os.environ.get("ONNXQ_ISA", "best available")
+    fn = ctypes.CDLL(path).onnxq_ops_kernel_isa
     fn.restype = ctypes.c_char_p
     return fn().decode()
 

@@ -96,7 +96,7 @@ def _library() -> ctypes.CDLL:
 
 def kernel_isa() -> str:
     """The instruction set onnxq's kernels dispatch to on this CPU: ``"avx512vnni"``,
-    ``"avx2"`` or ``"scalar"`` on x86-64, ``"i8mm"``, ``"dotprod"``, ``"neon"`` or
+    ``"avxvnni"``, ``"avx2"`` or ``"scalar"`` on x86-64, ``"i8mm"``, ``"dotprod"``, ``"neon"`` or
     ``"scalar"`` on aarch64 (``ONNXQ_ISA`` in the environment can force a lower one, read
     once per process)."""
     fn = _library().onnxq_ops_kernel_isa

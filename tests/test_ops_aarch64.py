@@ -99,7 +99,7 @@ def test_dispatch_and_forced_levels(probe):
     for isa, (picked, _) in runs.items():
         assert picked == isa
     # unset, unknown or another architecture's level: the best this CPU has
-    for value in (None, "bogus", "avx2", "avx512vnni"):
+    for value in (None, "bogus", "avx2", "avxvnni", "avx512vnni"):
         assert parse_probe(qemu(probe, "max", value))[0] == "i8mm", value
     # levels the CPU lacks fall back to the best it has
     assert parse_probe(qemu(probe, "cortex-a76", "i8mm"))[0] == "dotprod"

@@ -34,7 +34,7 @@ TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 KQUANTS = {"Q4_K", "Q5_K", "Q6_K"}
 BLOCK = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
          "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210)}
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512vnni", 3: "neon", 4: "dotprod", 5: "i8mm"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avxvnni", 3: "avx512vnni", 4: "neon", 5: "dotprod", 6: "i8mm"}
 
 
 @pytest.fixture(scope="session")
@@ -238,17 +238,24 @@ def test_zero_rows_and_columns(lib):
     assert lib.h_gather(type_id("Q4_0"), -1, 64, 8, ptr(W), None, 0, ptr(Y), 2) == 0
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "Q6_K"])
+@pytest.mark.parametrize("qtype", TYPES)
 def test_fast_mode_is_batch_independent(lib, qtype):
-    """A row's fast-mode result is bit-identical alone, in a batch, and with any thread count."""
+    """A row's fast-mode result is bit-identical alone (the dot kernels) and in a batch of any
+    size (the integer GEMM from 16 rows on), with any thread count, on every ISA: odd K (padded
+    blocks, K-quant tails), N = 1 and N not a multiple of 8, 16 or 32."""
     rng = np.random.default_rng(13)
-    K, N = 600, 40
-    W, _ = make_weight(rng, qtype, "Q8_0" if qtype in KQUANTS else None, K, N)
-    tail = "Q8_0" if qtype in KQUANTS else None
-    X = rng.standard_normal((40, K)).astype(np.float32)
-    for isa in available_isas(lib):
-        lib.h_set_isa(isa)
-        batch = run_matmul(lib, qtype, tail, K, N, W, X, None, 1, 2)
-        for i in (0, 7, 39):
-            alone = run_matmul(lib, qtype, tail, K, N, W, np.ascontiguousarray(X[i:i + 1]), None, 1, 1)
-            np.testing.assert_array_equal(alone[0], batch[i])
+    tail = {"Q4_K": "Q8_0", "Q5_K": "Q5_0", "Q6_K": "Q4_1"}.get(qtype)
+    K = 600 if tail else 100
+    X = rng.standard_normal((513, K)).astype(np.float32)
+    for N in (1, 13, 44):
+        W, _ = make_weight(rng, qtype, tail, K, N)
+        bias = rng.standard_normal(N).astype(np.float32)
+        for isa in available_isas(lib):
+            lib.h_set_isa(isa)
+            alone = {i: run_matmul(lib, qtype, tail, K, N, W, np.ascontiguousarray(X[i:i + 1]), bias, 1, 1)[0]
+                     for i in (0, 1, 2, 16, 63, 512)}
+            for M, threads in ((2, 1), (3, 2), (17, 3), (64, 2), (513, 1), (513, 2)):
+                Y = run_matmul(lib, qtype, tail, K, N, W, X[:M], bias, 1, threads)
+                for i, ref in alone.items():
+                    if i < M:
+                        np.testing.assert_array_equal(Y[i], ref, err_msg=f"{ISA_NAMES[isa]} M={M} threads={threads} row {i}")

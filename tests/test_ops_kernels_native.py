@@ -54,6 +54,21 @@ def _best_isa() -> str:
     return runtime.kernel_isa()
 
 
+def _has_avxvnni() -> bool:
+    """AVX-VNNI (VEX vpdpbusd) per the kernel's CPU flags: some AVX-512 CPUs lack it, some AVX2 ones have it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return " avx_vnni" in fh.read()
+    except OSError:
+        return False
+
+
+def _x86_levels(best: str) -> set:
+    """The SIMD levels below and at the best one that this CPU runs."""
+    levels = {"avx2": {"avx2"}, "avxvnni": {"avx2", "avxvnni"}, "avx512vnni": {"avx2", "avx512vnni"}}.get(best, set())
+    return levels | ({"avxvnni"} if best == "avx512vnni" and _has_avxvnni() else set())
+
+
 def _tested_isas(output: str) -> set:
     return {line.split()[1] for line in output.splitlines() if line.startswith("testing ") and "against scalar" in line}
 
@@ -63,8 +78,7 @@ def test_native_sanitizers(tmp_path):
         pytest.skip("the compiler cannot build AddressSanitizer/UBSan programs here")
     binary = program(tmp_path, "test_kernels_asan", kbuild.ASAN)
     out = run(binary, {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"})
-    expected = {"avx512vnni": {"avx2", "avx512vnni"}, "avx2": {"avx2"}}.get(_best_isa(), set())
-    assert _tested_isas(out) == expected, out[-2000:]  # ASan reaches every SIMD path the CPU has
+    assert _tested_isas(out) == _x86_levels(_best_isa()), out[-2000:]  # ASan reaches every SIMD path the CPU has
 
 
 def test_native_valgrind(tmp_path):
@@ -73,7 +87,8 @@ def test_native_valgrind(tmp_path):
     binary = program(tmp_path, "test_kernels_vg", kbuild.OPT)
     out = run(binary, prefix=["valgrind", "--error-exitcode=3", "--leak-check=full", "--errors-for-leak-kinds=definite", "-q"])
     # valgrind's CPU has no AVX-512: AVX2 and scalar run under it, AVX-512 is ASan's (above)
-    assert _tested_isas(out) == ({"avx2"} if _best_isa() in ("avx2", "avx512vnni") else set()), out[-2000:]
+    tested = _tested_isas(out)
+    assert tested - {"avxvnni"} == ({"avx2"} if _best_isa() in ("avx2", "avxvnni", "avx512vnni") else set()), out[-2000:]
 
 
 def test_isa_override_falls_back(tmp_path):
@@ -93,12 +108,13 @@ def test_isa_override_falls_back(tmp_path):
         return subprocess.run([out], capture_output=True, text=True, env=env, check=True).stdout.strip()
 
     best = isa(None)
-    assert best in ("scalar", "avx2", "avx512vnni", "neon", "dotprod", "i8mm")
+    assert best in ("scalar", "avx2", "avxvnni", "avx512vnni", "neon", "dotprod", "i8mm")
     assert isa("scalar") == "scalar"
     assert isa("bogus") == best
-    if best in ("avx2", "avx512vnni"):
+    if best in ("avx2", "avxvnni", "avx512vnni"):
         assert isa("avx512vnni") == best  # never above what the CPU has
         assert isa("avx2") == "avx2"
+        assert isa("avxvnni") == ("avxvnni" if "avxvnni" in _x86_levels(best) else "avx2")
         assert isa("i8mm") == best  # another architecture's level: as unknown
     if best in ("neon", "dotprod", "i8mm"):
         assert isa("i8mm") == best

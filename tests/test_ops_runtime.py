@@ -69,7 +69,7 @@ def test_without_the_library_the_model_does_not_load():
 
 def test_kernel_isa():
     isa = runtime.kernel_isa()
-    assert isa in ("avx512vnni", "avx2", "i8mm", "dotprod", "neon", "scalar")
+    assert isa in ("avx512vnni", "avxvnni", "avx2", "i8mm", "dotprod", "neon", "scalar")
     res = subprocess.run(
         [sys.executable, "-c", "from onnxq import runtime; print(runtime.kernel_isa())"],
         env=dict(os.environ, ONNXQ_ISA="scalar"), capture_output=True, text=True,

@@ -28,9 +28,11 @@ def test_fuzz_cases_under_asan_and_ubsan_on_every_isa(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     best = runtime.kernel_isa()
-    isas = ["avx512vnni", "avx2", "scalar"]
+    isas = ["avx512vnni", "avxvnni", "avx2", "scalar"]
     expected = isas[isas.index(best):] if best in isas else ["scalar"]
-    assert [r["isa"] for r in summary["runs"]] == expected
+    ran = [r["isa"] for r in summary["runs"]]
+    # AVX-VNNI is not implied by AVX-512 VNNI (Ice Lake, Cascade Lake lack it)
+    assert ran == expected or ran == [i for i in expected if i != "avxvnni"], ran
     for run in summary["runs"]:
         assert run["cases"] == 100 and run["crashes"] == 0 and run["n_mismatches"] == 0
         assert run["errors_as_expected"] > 40 and run["valid"] > 20

@@ -60,8 +60,8 @@ int onnxq_matmul(const onnxq_weight *w, const float *X, int64_t M, const float *
 /* Y[i, 0..K) = dequant(W row idx[i]) for i in [0, M); every idx already in [0, N). */
 int onnxq_gather(const onnxq_weight *w, const int64_t *idx, int64_t M, float *Y, const onnxq_runner *run);
 
-/* The instruction set the kernels dispatch to on this CPU: "avx512vnni", "avx2" or
- * "scalar" on x86-64; "i8mm", "dotprod", "neon" or "scalar" on aarch64. ONNXQ_ISA=<one of
+/* The instruction set the kernels dispatch to on this CPU: "avx512vnni", "avxvnni" (AVX-VNNI,
+ * VEX-encoded), "avx2" or "scalar" on x86-64; "i8mm", "dotprod", "neon" or "scalar" on aarch64. ONNXQ_ISA=<one of
  * them> in the environment (read once, at the first call) forces a lower level; asking for
  * a level the CPU lacks falls back to the best available one below it, and an unknown name
  * or another architecture's level means the best available. */

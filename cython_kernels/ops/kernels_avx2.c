@@ -734,21 +734,154 @@ AVX2 void onnxq_avx2_ukernel(int64_t kc, const float *const xrows[ONNXQ_MR], con
         }
 }
 
+/* ---------------- integer GEMM panels (shared by every x86 level) ---------------- */
+
+/* Vector v of group slot gi in a panel block (v counts codes steps first, then f0, f1, sc, pr). */
+static inline uint8_t *pslot(uint8_t *pb, int ng, int v, int gi) { return pb + ((int64_t)v * ng + gi) * 32; }
+
+AVX2_INLINE void put_codes(uint8_t *pb, int ng, int gi, int ks0, const __m256i *w, int nw) {
+    for (int i = 0; i < nw; ++i) _mm256_storeu_si256((__m256i *)pslot(pb, ng, ks0 + i, gi), w[i]);
+}
+
+/* One group-block gb into slot gi of panel block pb (layout in kernels_impl.h). */
+AVX2_INLINE void gexpand_block(const int type, const uint8_t *gb, uint8_t *pb, int ng, int gi) {
+    const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
+    __m256i w[8];
+    _mm256_storeu_ps((float *)pslot(pb, ng, sh.nks, gi), ld_half8(gb));
+    switch (type) {
+    case ONNXQ_TYPE_Q4_0:
+    case ONNXQ_TYPE_Q4_1: {
+        const uint8_t *qs = gb + (type == ONNXQ_TYPE_Q4_0 ? GB_Q4_0_QS : GB_Q4_1_QS);
+        ONNXQ_UNROLL
+        for (int j = 0; j < 4; ++j) {
+            const __m256i v = ld(qs + 32 * j);
+            w[j] = lo4(v);
+            w[4 + j] = hi4(v);
+        }
+        put_codes(pb, ng, gi, 0, w, 8);
+        if (type == ONNXQ_TYPE_Q4_1) _mm256_storeu_ps((float *)pslot(pb, ng, sh.nks + 1, gi), ld_half8(gb + GB_Q4_1_M));
+        break;
+    }
+    case ONNXQ_TYPE_Q5_0: expand_q5(gb + GB_Q5_0_QH, gb + GB_Q5_0_QS, w); put_codes(pb, ng, gi, 0, w, 8); break;
+    case ONNXQ_TYPE_Q5_1:
+        expand_q5(gb + GB_Q5_1_QH, gb + GB_Q5_1_QS, w);
+        put_codes(pb, ng, gi, 0, w, 8);
+        _mm256_storeu_ps((float *)pslot(pb, ng, sh.nks + 1, gi), ld_half8(gb + GB_Q5_1_M));
+        break;
+    case ONNXQ_TYPE_Q8_0: /* biased to unsigned; the kernels take 128 * sum(y) back out */
+        for (int j = 0; j < 8; ++j) w[j] = _mm256_xor_si256(ld(gb + GB_Q8_0_QS + 32 * j), _mm256_set1_epi8((char)0x80));
+        put_codes(pb, ng, gi, 0, w, 8);
+        break;
+    case ONNXQ_TYPE_Q4_K:
+    case ONNXQ_TYPE_Q5_K: {
+        const int q5 = type == ONNXQ_TYPE_Q5_K;
+        for (int s = 0; s < 8; ++s) {
+            expand_qk_sub(gb + (q5 ? GB_Q5_K_QS : GB_Q4_K_QS), q5 ? gb + GB_Q5_K_QH : NULL, s, w);
+            put_codes(pb, ng, gi, 8 * s, w, 8);
+            const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gb + GB_QK_SC + 8 * s)));
+            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 2 + s, gi), sc);
+        }
+        _mm256_storeu_ps((float *)pslot(pb, ng, sh.nks + 1, gi), ld_half8(gb + GB_QK_DMIN));
+        for (int p = 0; p < 4; ++p)
+            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 10 + p, gi),
+                                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_QK_MN + 16 * p))));
+        break;
+    }
+    default: /* Q6_K */
+        for (int hq = 0; hq < 8; ++hq) {
+            expand_q6_quarter(gb, hq >> 2, hq & 3, w);
+            put_codes(pb, ng, gi, 8 * hq, w, 8);
+        }
+        for (int s = 0; s < 16; ++s)
+            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 1 + s, gi), q6_scale(gb + GB_Q6_K_SC, s));
+        for (int p = 0; p < 8; ++p)
+            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 17 + p, gi),
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_Q6_K_SC + 16 * p))));
+        break;
+    }
+}
+
+AVX2_INLINE void gexpand_impl(const int type, const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0,
+                              int64_t nblk, uint8_t *panel) {
+    const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
+    const int64_t gbytes = onnxq_group_block_bytes(type), pbytes = onnxq_igemm_block_bytes(type, ng);
+    const int nvec = sh.nks + sh.nf + sh.nsub + sh.npair;
+    for (int64_t b = 0; b < nblk; ++b) {
+        uint8_t *pb = panel + b * pbytes;
+        for (int gi = 0; gi < ng; ++gi) {
+            if (gi < nvalid) {
+                gexpand_block(type, gd + gi * gstride + (b0 + b) * gbytes, pb, ng, gi);
+            } else { /* padding group: zero codes and scales, its columns are never stored */
+                for (int v = 0; v < nvec; ++v) memset(pslot(pb, ng, v, gi), 0, 32);
+            }
+        }
+    }
+}
+
+#define GEXPAND_ENTRY(t, TYPE)                                                                              \
+    AVX2 void onnxq_avx2_gexpand_##t(const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0, \
+                                     int64_t nblk, uint8_t *panel) {                                      \
+        gexpand_impl(TYPE, gd, gstride, nvalid, ng, b0, nblk, panel);                                     \
+    }
+GEXPAND_ENTRY(q4_0, ONNXQ_TYPE_Q4_0)
+GEXPAND_ENTRY(q4_1, ONNXQ_TYPE_Q4_1)
+GEXPAND_ENTRY(q5_0, ONNXQ_TYPE_Q5_0)
+GEXPAND_ENTRY(q5_1, ONNXQ_TYPE_Q5_1)
+GEXPAND_ENTRY(q8_0, ONNXQ_TYPE_Q8_0)
+GEXPAND_ENTRY(q4_K, ONNXQ_TYPE_Q4_K)
+GEXPAND_ENTRY(q5_K, ONNXQ_TYPE_Q5_K)
+GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
+#undef GEXPAND_ENTRY
+
+/* The integer GEMM micro-kernels: 4 rows x 8 columns, maddubs (kernels_igemm_x86.h). */
+#define IG_NAME(x) x##_avx2
+#define IG_ATTR "avx2,fma,f16c"
+#ifndef ONNXQ_AVX2_IG_MR
+#define ONNXQ_AVX2_IG_MR 4
+#endif
+#define IG_MR ONNXQ_AVX2_IG_MR
+#define IG_NV 2
+#define IG_AVX2 1
+#include "kernels_igemm_x86.h"
+#undef IG_NAME
+#undef IG_ATTR
+#undef IG_AVX2
+#undef IG_MR
+#define IG_MR 4
+
+/* AVX-VNNI (VEX vpdpbusd on ymm, 16 registers): the same tile with one instruction per step. */
+#define IG_NAME(x) x##_avxvnni
+#define IG_ATTR "avxvnni,avx2,fma,f16c"
+#define IG_VEXVNNI 1
+#include "kernels_igemm_x86.h"
+#undef IG_NAME
+#undef IG_ATTR
+#undef IG_VEXVNNI
+
+/* Everything but the name and the GEMM micro-kernels: AVX2 and AVX-VNNI share it (the dot
+ * kernels stay AVX2's at both levels: decode is bound by memory bandwidth, and one dot per
+ * level keeps the results identical). */
+#define AVX2_TABLE_COMMON                                                                                    \
+    .quant_q8_0 = onnxq_avx2_quant_q8_0, .quant_q8_K = onnxq_avx2_quant_q8_K,                                \
+    .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},                  \
+    .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1,     \
+              onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},    \
+    .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,         \
+             onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},        \
+    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_ng = IG_NV
+
 static const onnxq_kernel_table table_avx2 = {
-    .name = "avx2",
-    .quant_q8_0 = onnxq_avx2_quant_q8_0,
-    .quant_q8_K = onnxq_avx2_quant_q8_K,
-    .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},
-    .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1, onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},
-    .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,
-             onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},
-    .ukernel = onnxq_avx2_ukernel,
-};
+    .name = "avx2", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avx2), .igemm_mr = ONNXQ_AVX2_IG_MR};
+/* AVX-VNNI: the AVX2 table with the VNNI micro-kernels. */
+static const onnxq_kernel_table table_avxvnni = {
+    .name = "avxvnni", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avxvnni), .igemm_mr = IG_MR};
 
 const onnxq_kernel_table *onnxq_kernels_avx2(void) { return &table_avx2; }
+const onnxq_kernel_table *onnxq_kernels_avxvnni(void) { return &table_avxvnni; }
 
 #else
 
 const onnxq_kernel_table *onnxq_kernels_avx2(void) { return NULL; }
+const onnxq_kernel_table *onnxq_kernels_avxvnni(void) { return NULL; }
 
 #endif

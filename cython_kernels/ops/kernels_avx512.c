@@ -234,6 +234,14 @@ DOT_ENTRYZ(dotz_q4_K, dot_qk_implz(g, nb, a, 1, out, 0), dot_qk_implz(g, nb, a, 
 DOT_ENTRYZ(dotz_q5_K, dot_qk_implz(g, nb, a, 1, out, 1), dot_qk_implz(g, nb, a, 8, out, 1), dot_qk_implz(g, nb, a, M, out, 1))
 DOT_ENTRYZ(dotz_q6_K, dot_q6_K_implz(g, nb, a, 1, out), dot_q6_K_implz(g, nb, a, 8, out), dot_q6_K_implz(g, nb, a, M, out))
 
+/* The integer GEMM micro-kernels: 4 rows x 32 columns (two zmm of 16), vpdpbusd (kernels_igemm_x86.h). */
+#define IG_NAME(x) x##_avx512
+#define IG_ATTR AVX512_TARGET
+#define IG_MR 4
+#define IG_NV 2
+#define IG_ZMM 1
+#include "kernels_igemm_x86.h"
+
 static const onnxq_kernel_table table_avx512vnni = {
     .name = "avx512vnni",
     .quant_q8_0 = onnxq_avx2_quant_q8_0,
@@ -244,6 +252,10 @@ static const onnxq_kernel_table table_avx512vnni = {
     .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,
              onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},
     .ukernel = onnxq_avx2_ukernel,
+    ONNXQ_X86_GEXPAND,
+    .igemm = IGEMM_TABLE(avx512),
+    .igemm_mr = IG_MR,
+    .igemm_ng = 2 * IG_NV,
 };
 
 const onnxq_kernel_table *onnxq_kernels_avx512vnni(void) { return &table_avx512vnni; }

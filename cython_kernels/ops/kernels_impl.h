@@ -133,12 +133,41 @@ typedef void (*onnxq_ukernel_fn)(int64_t kc, const float *const xrows[ONNXQ_MR],
  */
 typedef void (*onnxq_dequant_fn)(const uint8_t *block, float *y);
 
+/*
+ * Integer GEMM (fast mode, many rows). A panel holds nblk consecutive blocks of ng
+ * consecutive weight groups, expanded once per call into what the micro-kernel wants; per
+ * block (onnxq_igemm_block_bytes):
+ *   codes [bs/4][ng][8][4]   unsigned codes (Q8_0: q ^ 0x80), 4 consecutive elements of
+ *                            each of the ng*8 columns: one vector load is 8 or 16 columns
+ *   f0    [ng*8] float       d
+ *   f1    [ng*8] float       m (Q4_1, Q5_1) or dmin (Q4_K, Q5_K); absent otherwise
+ *   sc    [nsub][ng*8] int32 sub-block scales (Q4_K Q5_K: 8 of 32 elements; Q6_K: 16 of 16)
+ *   pr    [npair][ng*8] int32 two int16 per lane: (mins 2p, 2p+1) of Q4_K/Q5_K or
+ *                            (scales 2p, 2p+1) of Q6_K, for vpmaddwd against activation sums
+ * The micro-kernel computes C[MR rows][ng*8] (row stride ldc) over the blocks with the same
+ * float operations, in the same order, as the table's dot kernel: the integer sums are
+ * exact, so the result is bit-identical to the dot path whatever M and the tiling.
+ * first = 1: C starts at zero; else the kernel continues the accumulation held in C.
+ */
+typedef struct {
+    int nks, nsub, npair, nf; /* 4-element steps per block, scale vectors, pair vectors, float vectors */
+} onnxq_igemm_shape;
+onnxq_igemm_shape onnxq_igemm_shape_of(int type);
+int64_t onnxq_igemm_block_bytes(int type, int ng);
+/* Expand blocks [b0, b0 + nblk) of groups g, g+1, .. (gd = group g's data, gstride bytes between
+ * groups): nvalid <= ng real groups, the rest zero. */
+typedef void (*onnxq_gexpand_fn)(const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0, int64_t nblk,
+                                 uint8_t *panel);
+/* rows[i] for i < MR: the activation rows (a row may repeat; its results are then ignored). */
+typedef void (*onnxq_igemm_fn)(const uint8_t *panel, int64_t b0, int64_t nblk, const onnxq_qact *const *rows,
+                               float *C, int64_t ldc, int first);
+
 /* Levels of one architecture are consecutive, lowest first (ONNXQ_ISA caps within them). */
 enum {
     ONNXQ_ISA_SCALAR = 0,
-    ONNXQ_ISA_AVX2 = 1, ONNXQ_ISA_AVX512VNNI = 2,
-    ONNXQ_ISA_NEON = 3, ONNXQ_ISA_DOTPROD = 4, ONNXQ_ISA_I8MM = 5,
-    ONNXQ_ISA_COUNT = 6
+    ONNXQ_ISA_AVX2 = 1, ONNXQ_ISA_AVXVNNI = 2, ONNXQ_ISA_AVX512VNNI = 3,
+    ONNXQ_ISA_NEON = 4, ONNXQ_ISA_DOTPROD = 5, ONNXQ_ISA_I8MM = 6,
+    ONNXQ_ISA_COUNT = 7
 };
 
 /* Indexed by weight type through onnxq_type_slot(). */
@@ -153,6 +182,10 @@ typedef struct {
     onnxq_fdot_fn fdot[ONNXQ_NSLOTS];
     onnxq_ukernel_fn ukernel;
     onnxq_dequant_fn dequant[ONNXQ_NSLOTS];
+    /* integer GEMM: NULL where the level has none (the dot kernels then take every M) */
+    onnxq_gexpand_fn gexpand[ONNXQ_NSLOTS];
+    onnxq_igemm_fn igemm[ONNXQ_NSLOTS];
+    int igemm_mr, igemm_ng; /* rows and groups of the micro-kernel's tile */
 } onnxq_kernel_table;
 
 /* 0..7 for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K, -1 otherwise. */
@@ -195,6 +228,7 @@ enum {
 /* The tables: scalar always; the SIMD ones are NULL where the compiler cannot build them. */
 extern const onnxq_kernel_table onnxq_kernels_scalar;
 const onnxq_kernel_table *onnxq_kernels_avx2(void);
+const onnxq_kernel_table *onnxq_kernels_avxvnni(void);
 const onnxq_kernel_table *onnxq_kernels_avx512vnni(void);
 const onnxq_kernel_table *onnxq_kernels_neon(void);
 const onnxq_kernel_table *onnxq_kernels_dotprod(void);

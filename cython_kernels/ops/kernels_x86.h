@@ -117,5 +117,22 @@ ONNXQ_AVX2_FDOT_DECL(q5_K)
 ONNXQ_AVX2_FDOT_DECL(q6_K)
 #undef ONNXQ_AVX2_FDOT_DECL
 
+#define ONNXQ_AVX2_GEXPAND_DECL(t)                                                                          \
+    void onnxq_avx2_gexpand_##t(const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0, int64_t nblk, \
+                                uint8_t *panel);
+ONNXQ_AVX2_GEXPAND_DECL(q4_0)
+ONNXQ_AVX2_GEXPAND_DECL(q4_1)
+ONNXQ_AVX2_GEXPAND_DECL(q5_0)
+ONNXQ_AVX2_GEXPAND_DECL(q5_1)
+ONNXQ_AVX2_GEXPAND_DECL(q8_0)
+ONNXQ_AVX2_GEXPAND_DECL(q4_K)
+ONNXQ_AVX2_GEXPAND_DECL(q5_K)
+ONNXQ_AVX2_GEXPAND_DECL(q6_K)
+#undef ONNXQ_AVX2_GEXPAND_DECL
+/* The panel expansion of every x86 table (designated initializer). */
+#define ONNXQ_X86_GEXPAND                                                                                   \
+    .gexpand = {onnxq_avx2_gexpand_q4_0, onnxq_avx2_gexpand_q4_1, onnxq_avx2_gexpand_q5_0, onnxq_avx2_gexpand_q5_1, \
+                onnxq_avx2_gexpand_q8_0, onnxq_avx2_gexpand_q4_K, onnxq_avx2_gexpand_q5_K, onnxq_avx2_gexpand_q6_K}
+
 #endif /* x86 */
 #endif /* ONNXQ_KERNELS_X86_H */

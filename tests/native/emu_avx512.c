@@ -75,6 +75,7 @@ __attribute__((noreturn, used)) void _start(void) {
     const onnxq_kernel_table *T = onnxq_kernels_avx512vnni();
     test_quant(T);
     test_dot(T);
+    test_igemm(T);
     test_panel(T);
     test_fdot(T);
     test_gemm(T);

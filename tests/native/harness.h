@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 
-/* Select the kernels by ISA level (0 scalar, 1 avx2, 2 avx512vnni, 3 neon, 4 dotprod, 5 i8mm):
+/* Select the kernels by ISA level (0 scalar, 1 avx2, 2 avxvnni, 3 avx512vnni, 4 neon, 5 dotprod, 6 i8mm):
  * 1 if this build has it and this CPU runs it, else 0. */
 int h_set_isa(int isa);
 const char *h_isa(void);

@@ -250,6 +250,68 @@ static void test_dot(const onnxq_kernel_table *T) {
     }
 }
 
+/* ---------------------------------------------------------------- integer GEMM */
+
+/* The GEMM micro-kernel against the same table's dot kernel, bit for bit: 1 to 5 groups (a
+ * partial tile), random, unit and extreme blocks and activations, the run split in two calls
+ * (first = 0 continues the accumulation). */
+static void test_igemm(const onnxq_kernel_table *T) {
+    if (!T->igemm[0]) return;
+    const int mr = T->igemm_mr, ng = T->igemm_ng;
+    for (int ti = 0; ti < NTYPES; ++ti) {
+        const int type = TYPES[ti], slot = onnxq_type_slot(type), kind = onnxq_act_kind(type);
+        const int64_t gbytes = onnxq_group_block_bytes(type), pbytes = onnxq_igemm_block_bytes(type, ng);
+        for (int trial = 0; trial < 24; ++trial) {
+            const int mode = trial % 3; /* 0 unit scales, 1 random scales, 2 extremes */
+            const int64_t nb = kind ? 1 + trial % 2 : 1 + trial % 4;
+            const int G = 1 + trial % 5, nmicro = (G + ng - 1) / ng;
+            uint8_t *gbuf = malloc((size_t)(G * nb * gbytes));
+            for (int g = 0; g < G; ++g)
+                for (int64_t b = 0; b < nb; ++b) {
+                    uint8_t blk[ONNXQ_GR][512];
+                    const uint8_t *rows[ONNXQ_GR];
+                    for (int r = 0; r < ONNXQ_GR; ++r) {
+                        if (mode == 2) extreme_block(type, blk[r], (r + b + g) & 1);
+                        else random_block(type, blk[r], mode == 0 ? SCALES_UNIT : SCALES_RANDOM);
+                        rows[r] = blk[r];
+                    }
+                    onnxq_repack_group_block(type, rows, gbuf + (g * nb + b) * gbytes);
+                }
+            act_buf *A = malloc(sizeof(act_buf) * (size_t)mr);
+            onnxq_qact a[16];
+            const onnxq_qact *arows[16];
+            for (int m = 0; m < mr; ++m) {
+                const int pattern = mode == 2 ? 1 + (m & 1) : 0, sign = (m & 2) ? -1 : 1;
+                make_act(&A[m], kind, nb, 127, pattern, sign, mode == 1 ? -1.0f : 1.0f, &a[m]);
+                arows[m] = &a[m];
+            }
+            uint8_t *panel = malloc((size_t)(nmicro * nb * pbytes));
+            float *C = malloc(sizeof(float) * (size_t)(mr * nmicro * ng * 8));
+            const int64_t ldc = nmicro * ng * 8, split = nb / 2;
+            for (int u = 0; u < nmicro; ++u) {
+                const int nvalid = G - u * ng < ng ? G - u * ng : ng;
+                uint8_t *pu = panel + u * nb * pbytes;
+                T->gexpand[slot](gbuf + u * ng * nb * gbytes, nb * gbytes, nvalid, ng, 0, nb, pu);
+                if (split) T->igemm[slot](pu, 0, split, arows, C + u * ng * 8, ldc, 1);
+                T->igemm[slot](pu + split * pbytes, split, nb - split, arows, C + u * ng * 8, ldc, split == 0);
+            }
+            int ok = 1;
+            float ref[16 * 8];
+            for (int g = 0; g < G; ++g) {
+                T->dot[slot](gbuf + g * nb * gbytes, nb, a, mr, ref);
+                for (int m = 0; m < mr; ++m)
+                    for (int r = 0; r < 8; ++r) ok &= !memcmp(&C[m * ldc + g * 8 + r], &ref[m * 8 + r], sizeof(float));
+            }
+            CHECK(ok, "%s igemm %s mode %d nb %lld groups %d: not the dot kernel's bits", T->name, tname(type), mode,
+                  (long long)nb, G);
+            free(C);
+            free(panel);
+            free(A);
+            free(gbuf);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- panels */
 
 static void test_panel(const onnxq_kernel_table *T) {

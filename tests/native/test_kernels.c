@@ -7,6 +7,7 @@
  *   dot       SIMD fast-mode dot == scalar: exactly with unit scales (the integer sums
  *             decide the result), to 1e-5 relative with random scales, and with extreme
  *             codes and activations (int16 overflow would show as a gross error)
+ *   igemm     integer GEMM micro-kernel == the same level's dot kernel, bit for bit
  *   panel     SIMD dequantization == scalar == ggml_dequant.h, bit for bit
  *   gemm      SIMD gemv / micro-kernel == scalar to float tolerance
  *   matmul    the whole driver (both modes, M in {1..}, padded K, tails, N % 8 != 0,
@@ -167,6 +168,7 @@ int main(void) {
         printf("testing %s against scalar\n", T->name);
         test_quant(T);
         test_dot(T);
+        test_igemm(T);
         test_panel(T);
         test_fdot(T);
         test_gemm(T);

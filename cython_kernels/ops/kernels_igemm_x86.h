@@ -1,0 +1,286 @@
+/*
+ * The x86 integer GEMM micro-kernel, a template: each including file defines
+ *   IG_NAME(x)  the name suffix of its functions (x##_avx2, x##_avxvnni, x##_avx512)
+ *   IG_ATTR     the target attribute string
+ *   IG_MR       rows of the register tile; IG_NV vectors of columns (8 columns per ymm, 16 per zmm)
+ *   IG_ZMM      1 for 512-bit vectors (needs the file's dpbusd), else ymm
+ *   IG_AVX2     1: no VNNI, maddubs into int16 runs as long as they cannot overflow, then vpmaddwd
+ *   IG_VEXVNNI  1: AVX-VNNI (VEX vpdpbusd on ymm)
+ * and gets onnxq_kernel_table-ready entry points igemm_<type>_<suffix> plus IGEMM_TABLE(suffix).
+ *
+ * Panel layout and contract: kernels_impl.h (onnxq_igemm_fn). Per block the float part is the
+ * dot kernels' (kernels_avx2.c / kernels_avx512.c) operation for operation:
+ *   Q4_0 Q5_0 Q8_0: acc = fma(cvt(dot - off * isum), d * dy, acc)
+ *   Q4_1 Q5_1:      acc = fma(cvt(dot), d * dy, acc); acc = fma(m, dy * (float)isum, acc)
+ *   Q4_K Q5_K:      acc = fma(cvt(sum_s sc_s * dot_s), d * dy, acc); acc = fnma(cvt(mins), dmin * dy, acc)
+ *   Q6_K:           acc = fma(cvt(sum_s sc_s * dot_s - 32 * offsets), d * dy, acc)
+ * with every integer exact, so C is bit-identical to the dot kernels' output.
+ */
+#if IG_ZMM
+#define IG_W __m512i
+#define IG_F __m512
+#define IG_VB 64
+#define IG_LD(p) _mm512_loadu_si512((const void *)(p))
+#define IG_LDF(p) _mm512_loadu_ps((const void *)(p))
+#define IG_STF(p, v) _mm512_storeu_ps((void *)(p), v)
+#define IG_BC32(p) _mm512_set1_epi32(ig_rd32(p))
+#define IG_SETI(x) _mm512_set1_epi32(x)
+#define IG_SETF(x) _mm512_set1_ps(x)
+#define IG_ZERO() _mm512_setzero_si512()
+#define IG_ZEROF() _mm512_setzero_ps()
+#define IG_ADD(a, b) _mm512_add_epi32(a, b)
+#define IG_SUB(a, b) _mm512_sub_epi32(a, b)
+#define IG_SLLI(a, n) _mm512_slli_epi32(a, n)
+#define IG_MULLO(a, b) _mm512_mullo_epi32(a, b)
+#define IG_MADD16(a, b) _mm512_madd_epi16(a, b)
+#define IG_CVT(a) _mm512_cvtepi32_ps(a)
+#define IG_MULF(a, b) _mm512_mul_ps(a, b)
+#define IG_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define IG_FNMA(a, b, c) _mm512_fnmadd_ps(a, b, c)
+#define IG_DP(acc, w, y) dpbusd(acc, w, y)
+#else
+#define IG_W __m256i
+#define IG_F __m256
+#define IG_VB 32
+#define IG_LD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define IG_LDF(p) _mm256_loadu_ps((const float *)(p))
+#define IG_STF(p, v) _mm256_storeu_ps((float *)(p), v)
+#define IG_BC32(p) _mm256_set1_epi32(ig_rd32(p))
+#define IG_SETI(x) _mm256_set1_epi32(x)
+#define IG_SETF(x) _mm256_set1_ps(x)
+#define IG_ZERO() _mm256_setzero_si256()
+#define IG_ZEROF() _mm256_setzero_ps()
+#define IG_ADD(a, b) _mm256_add_epi32(a, b)
+#define IG_SUB(a, b) _mm256_sub_epi32(a, b)
+#define IG_SLLI(a, n) _mm256_slli_epi32(a, n)
+#define IG_MULLO(a, b) _mm256_mullo_epi32(a, b)
+#define IG_MADD16(a, b) _mm256_madd_epi16(a, b)
+#define IG_CVT(a) _mm256_cvtepi32_ps(a)
+#define IG_MULF(a, b) _mm256_mul_ps(a, b)
+#define IG_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define IG_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)
+#if IG_VEXVNNI
+#define IG_DP(acc, w, y) _mm256_dpbusd_avx_epi32(acc, w, y)
+#endif
+#endif
+
+#define IG_INLINE static inline __attribute__((always_inline, target(IG_ATTR)))
+#define IG_NG (IG_NV * IG_VB / 32) /* groups per tile */
+
+#ifndef ONNXQ_IG_RD32
+#define ONNXQ_IG_RD32
+static inline int32_t ig_rd32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+#endif
+
+/* d[m][v] (+)= sum over steps [ks0, ks0 + nks) of codes . activations (row m from element k0);
+ * AVX2 only: each int16 run is widened by vpmaddwd against mul[v] (ones, or a sub-block scale in
+ * both int16 halves of a lane, which scales while it widens). */
+IG_INLINE void IG_NAME(ig_subdot)(const int type, const uint8_t *pb, const int ks0, const int nks,
+                                  const onnxq_qact *const *rows, int64_t k0, IG_W d[IG_MR][IG_NV],
+                                  const IG_W *mul, const int accumulate) {
+    if (!accumulate)
+        for (int m = 0; m < IG_MR; ++m)
+            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ZERO();
+#if IG_AVX2
+    /* int16 runs: pairs of products <= 2*15*127 (4-bit), 2*31*127 (5-bit), 2*63*127 (6-bit), 2*128*127 (8-bit, sign trick) */
+    const int run = type == ONNXQ_TYPE_Q8_0 ? 1
+                    : type == ONNXQ_TYPE_Q6_K ? 2
+                    : (type == ONNXQ_TYPE_Q5_0 || type == ONNXQ_TYPE_Q5_1 || type == ONNXQ_TYPE_Q5_K) ? 4 : 8;
+    ONNXQ_UNROLL
+    for (int r0 = 0; r0 < nks; r0 += run) {
+        __m256i t[IG_MR][IG_NV];
+        for (int m = 0; m < IG_MR; ++m)
+            for (int v = 0; v < IG_NV; ++v) t[m][v] = _mm256_setzero_si256(); /* x + 0 folds away */
+        /* rolled: unrolled, GCC hoists every maddubs ahead of the adds and spills them */
+        ONNXQ_PRAGMA(GCC unroll 1)
+        for (int ks = r0; ks < r0 + run; ++ks) {
+            __m256i w[IG_NV], aw[IG_NV];
+            for (int v = 0; v < IG_NV; ++v) {
+                w[v] = IG_LD(pb + ((int64_t)(ks0 + ks) * IG_NG) * 32 + v * IG_VB);
+                if (type == ONNXQ_TYPE_Q8_0) { /* back to signed: maddubs(|w|, y * sign(w)) */
+                    w[v] = _mm256_xor_si256(w[v], _mm256_set1_epi8((char)0x80));
+                    aw[v] = _mm256_sign_epi8(w[v], w[v]);
+                }
+            }
+            for (int m = 0; m < IG_MR; ++m) {
+                const __m256i y = IG_BC32(rows[m]->qs + k0 + 4 * ks);
+                for (int v = 0; v < IG_NV; ++v) {
+                    const __m256i p = type == ONNXQ_TYPE_Q8_0 ? _mm256_maddubs_epi16(aw[v], _mm256_sign_epi8(y, w[v]))
+                                                              : _mm256_maddubs_epi16(w[v], y);
+                    t[m][v] = _mm256_add_epi16(t[m][v], p);
+                }
+            }
+        }
+        for (int m = 0; m < IG_MR; ++m)
+            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ADD(d[m][v], _mm256_madd_epi16(t[m][v], mul[v]));
+    }
+#else
+    (void)mul;
+    ONNXQ_UNROLL
+    for (int ks = 0; ks < nks; ++ks) {
+        IG_W w[IG_NV];
+        for (int v = 0; v < IG_NV; ++v) w[v] = IG_LD(pb + ((int64_t)(ks0 + ks) * IG_NG) * 32 + v * IG_VB);
+        for (int m = 0; m < IG_MR; ++m) {
+            const IG_W y = IG_BC32(rows[m]->qs + k0 + 4 * ks);
+            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_DP(d[m][v], w[v], y);
+        }
+    }
+    (void)type;
+#endif
+}
+
+/* Vector v of field f (0 = f0, 1 = f1, ...) of a panel block. */
+#define IG_FIELD(pb, nks, f, v) ((pb) + ((int64_t)((nks) + (f)) * IG_NG) * 32 + (v) * IG_VB)
+
+IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0, int64_t nblk,
+                                const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {
+    const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
+    const int64_t pbytes = (int64_t)IG_NG * 32 * (sh.nks + sh.nf + sh.nsub + sh.npair);
+    const int off_shift = type == ONNXQ_TYPE_Q4_0 ? 3 : type == ONNXQ_TYPE_Q5_0 ? 4 : type == ONNXQ_TYPE_Q8_0 ? 7 : -1;
+#if IG_ZMM
+    /* 32 registers: the float accumulators stay in registers for the whole run */
+    IG_F acc[IG_MR][IG_NV];
+    for (int m = 0; m < IG_MR; ++m)
+        for (int v = 0; v < IG_NV; ++v) acc[m][v] = first ? IG_ZEROF() : IG_LDF(C + m * ldc + v * (IG_VB / 4));
+#define IG_ACC_LOAD(m, v) ((void)0)
+#define IG_ACC_STORE(m, v) ((void)0)
+#else
+    /* 16 registers hold the integer sums; the float accumulators live in C (L1), touched once per block */
+    IG_F acc[IG_MR][IG_NV];
+    if (first)
+        for (int m = 0; m < IG_MR; ++m)
+            for (int v = 0; v < IG_NV; ++v) IG_STF(C + m * ldc + v * (IG_VB / 4), IG_ZEROF());
+#define IG_ACC_LOAD(m, v) (acc[m][v] = IG_LDF(C + (m) * ldc + (v) * (IG_VB / 4)))
+#define IG_ACC_STORE(m, v) IG_STF(C + (m) * ldc + (v) * (IG_VB / 4), acc[m][v])
+#endif
+#if IG_AVX2
+    IG_W ones[IG_NV];
+    for (int v = 0; v < IG_NV; ++v) ones[v] = _mm256_set1_epi16(1);
+#else
+    const IG_W *const ones = NULL;
+#endif
+    for (int64_t b = 0; b < nblk; ++b) {
+        const uint8_t *pb = panel + b * pbytes;
+        const int64_t ab = b0 + b;
+        IG_W d[IG_MR][IG_NV];
+        if (sh.nks == 8) { /* 32-element blocks */
+            IG_NAME(ig_subdot)(type, pb, 0, 8, rows, 32 * ab, d, ones, 0);
+            for (int v = 0; v < IG_NV; ++v) {
+                const IG_F dx = IG_LDF(IG_FIELD(pb, 8, 0, v));
+                for (int m = 0; m < IG_MR; ++m) {
+                    const float dy = rows[m]->d[ab];
+                    IG_W s = d[m][v];
+#if IG_AVX2
+                    if (off_shift >= 0 && type != ONNXQ_TYPE_Q8_0) s = IG_SUB(s, IG_SLLI(IG_SETI(rows[m]->isum[ab]), off_shift));
+#else
+                    if (off_shift >= 0) s = IG_SUB(s, IG_SLLI(IG_SETI(rows[m]->isum[ab]), off_shift));
+#endif
+                    IG_ACC_LOAD(m, v);
+                    acc[m][v] = IG_FMA(IG_CVT(s), IG_MULF(dx, IG_SETF(dy)), acc[m][v]);
+                    if (sh.nf == 2)
+                        acc[m][v] = IG_FMA(IG_LDF(IG_FIELD(pb, 8, 1, v)), IG_SETF(dy * (float)rows[m]->isum[ab]), acc[m][v]);
+                    IG_ACC_STORE(m, v);
+                }
+            }
+            continue;
+        }
+        /* K-quant super-block: scaled sub-block sums */
+        IG_W isc[IG_MR][IG_NV];
+        const int sub = sh.nks / sh.nsub, scf = sh.nf; /* steps per sub-block; sc field index */
+#if IG_AVX2
+        /* the int16 runs are scaled while widened: isc is the sum of every sub-block's madd */
+        for (int s = 0; s < sh.nsub; ++s) {
+            IG_W scd[IG_NV];
+            for (int v = 0; v < IG_NV; ++v) {
+                const IG_W sc = IG_LD(IG_FIELD(pb, sh.nks, scf + s, v));
+                scd[v] = _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+            }
+            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, isc, scd, s > 0);
+        }
+#else
+        for (int s = 0; s < sh.nsub; ++s) {
+            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, d, ones, 0);
+            for (int v = 0; v < IG_NV; ++v) {
+                const IG_W sc = IG_LD(IG_FIELD(pb, sh.nks, scf + s, v));
+                for (int m = 0; m < IG_MR; ++m)
+                    isc[m][v] = s ? IG_ADD(isc[m][v], IG_MULLO(d[m][v], sc)) : IG_MULLO(d[m][v], sc);
+            }
+        }
+#endif
+        const int prf = scf + sh.nsub;
+        for (int m = 0; m < IG_MR; ++m) {
+            const float dy = rows[m]->d[ab];
+            const int16_t *bs = type == ONNXQ_TYPE_Q6_K ? rows[m]->bsum16 + 16 * ab : rows[m]->bsum32 + 8 * ab;
+            for (int v = 0; v < IG_NV; ++v) {
+                IG_W t = IG_ZERO();
+                for (int p = 0; p < sh.npair; ++p) t = IG_ADD(t, IG_MADD16(IG_LD(IG_FIELD(pb, sh.nks, prf + p, v)), IG_BC32(bs + 2 * p)));
+                const IG_F dd = IG_MULF(IG_LDF(IG_FIELD(pb, sh.nks, 0, v)), IG_SETF(dy));
+                IG_ACC_LOAD(m, v);
+                if (type == ONNXQ_TYPE_Q6_K) {
+                    acc[m][v] = IG_FMA(IG_CVT(IG_SUB(isc[m][v], IG_SLLI(t, 5))), dd, acc[m][v]);
+                } else {
+                    acc[m][v] = IG_FMA(IG_CVT(isc[m][v]), dd, acc[m][v]);
+                    acc[m][v] = IG_FNMA(IG_CVT(t), IG_MULF(IG_LDF(IG_FIELD(pb, sh.nks, 1, v)), IG_SETF(dy)), acc[m][v]);
+                }
+                IG_ACC_STORE(m, v);
+            }
+        }
+    }
+#if IG_ZMM
+    for (int m = 0; m < IG_MR; ++m)
+        for (int v = 0; v < IG_NV; ++v) IG_STF(C + m * ldc + v * (IG_VB / 4), acc[m][v]);
+#endif
+#undef IG_ACC_LOAD
+#undef IG_ACC_STORE
+}
+
+#define IG_ENTRY(t, TYPE)                                                                                       \
+    static __attribute__((target(IG_ATTR))) void IG_NAME(igemm_##t)(const uint8_t *panel, int64_t b0,          \
+                                                                    int64_t nblk, const onnxq_qact *const *rows, \
+                                                                    float *C, int64_t ldc, int first) {         \
+        IG_NAME(ig_impl)(TYPE, panel, b0, nblk, rows, C, ldc, first);                                           \
+    }
+IG_ENTRY(q4_0, ONNXQ_TYPE_Q4_0)
+IG_ENTRY(q4_1, ONNXQ_TYPE_Q4_1)
+IG_ENTRY(q5_0, ONNXQ_TYPE_Q5_0)
+IG_ENTRY(q5_1, ONNXQ_TYPE_Q5_1)
+IG_ENTRY(q8_0, ONNXQ_TYPE_Q8_0)
+IG_ENTRY(q4_K, ONNXQ_TYPE_Q4_K)
+IG_ENTRY(q5_K, ONNXQ_TYPE_Q5_K)
+IG_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
+#undef IG_ENTRY
+
+#ifndef IGEMM_TABLE
+#define IGEMM_TABLE(sfx)                                                                                   \
+    {igemm_q4_0_##sfx, igemm_q4_1_##sfx, igemm_q5_0_##sfx, igemm_q5_1_##sfx, igemm_q8_0_##sfx, igemm_q4_K_##sfx, \
+     igemm_q5_K_##sfx, igemm_q6_K_##sfx}
+#endif
+
+#undef IG_W
+#undef IG_F
+#undef IG_VB
+#undef IG_LD
+#undef IG_LDF
+#undef IG_STF
+#undef IG_BC32
+#undef IG_SETI
+#undef IG_SETF
+#undef IG_ZERO
+#undef IG_ZEROF
+#undef IG_ADD
+#undef IG_SUB
+#undef IG_SLLI
+#undef IG_MULLO
+#undef IG_MADD16
+#undef IG_CVT
+#undef IG_MULF
+#undef IG_FMA
+#undef IG_FNMA
+#undef IG_DP
+#undef IG_INLINE
+#undef IG_NG
+#undef IG_FIELD
