@@ -325,6 +325,17 @@ class ModelWriter:
         start = self._append(chunks, int(flat.size))
         return self._external_proto(name, data_type, array.shape, start, int(flat.size))
 
+    def raw_tensor_proto(self, name: str, data_type: int, dims, raw: np.ndarray) -> TensorProto:
+        """A TensorProto of ``data_type`` and ``dims`` whose bytes are ``raw`` as given (types
+        numpy has no dtype for, e.g. INT4 / UINT4 packed two per byte)."""
+        flat = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
+        if not self.external_data or flat.size < self.small_tensor_bytes:
+            proto = helper.make_tensor(name, data_type, [int(d) for d in dims], vals=flat.tobytes(), raw=True)
+            return proto
+        chunks = (flat[i : i + _COPY_CHUNK].tobytes() for i in range(0, flat.size, _COPY_CHUNK))
+        start = self._append(chunks, int(flat.size))
+        return self._external_proto(name, data_type, dims, start, int(flat.size))
+
     def copy_tensor(self, tensor: TensorProto, base_dir: Optional[PathLike]) -> TensorProto:
         """Carry an input initializer over unchanged, streaming external bytes in chunks."""
         if not self.external_data:

@@ -221,7 +221,9 @@ def row_segments(data: np.ndarray, qtype: str, K: int, tail_type: Optional[str])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != layout.row_bytes:
         raise ModelError(f"blocks of {layout.qtype.name} rows of K={K} must be uint8 [N, {layout.row_bytes}], "
                          f"got {data.dtype} {list(data.shape)}")
-    segments = [Segment(0, min(K, layout.main_elems), decode_blocks(layout.qtype, data[:, :layout.main_bytes]))]
+    segments = []
+    if layout.n_main:
+        segments.append(Segment(0, min(K, layout.main_elems), decode_blocks(layout.qtype, data[:, :layout.main_bytes])))
     if layout.tail_type is not None:
         segments.append(Segment(layout.main_elems, K, decode_blocks(layout.tail_type, data[:, layout.main_bytes:])))
     return segments
