@@ -30,7 +30,8 @@ from onnx import NodeProto, TensorProto, helper
 from ..errors import ModelError
 from .portable import BlockCodes, Segment
 
-__all__ = ["MATMULNBITS", "QDQ", "PORTABLE_OPS", "MS_DOMAIN", "Tensor", "Emitted", "Emitter"]
+__all__ = ["MATMULNBITS", "QDQ", "PORTABLE_OPS", "MS_DOMAIN", "Tensor", "Emitted", "Emitter", "check_portable_ops",
+           "linear", "gather", "tied_tables"]
 
 MATMULNBITS = "matmulnbits"
 QDQ = "qdq"
@@ -61,7 +62,7 @@ class Emitted:
     the code width and the bytes."""
 
     op: str
-    bits: int
+    bits: str  # storage width of the codes, "4", "8", or "4+8" (a K-quant main part and an 8-bit tail)
     nodes: List[NodeProto] = field(default_factory=list)
     tensors: List[Tensor] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -111,14 +112,19 @@ def float_zero_points(scales: np.ndarray, mins: np.ndarray) -> Optional[np.ndarr
     return z
 
 
+def check_portable_ops(ops: str) -> str:
+    """``ops`` if it names a portable target, else a ModelError listing them."""
+    if ops not in PORTABLE_OPS:
+        raise ModelError(f"--portable-ops must be one of {', '.join(PORTABLE_OPS)}, got {ops!r}")
+    return ops
+
+
 class Emitter:
     """Builds portable nodes with fresh names; shared helper tensors (the 0/1 group matrices,
     Slice bounds) are made once per model."""
 
     def __init__(self, ops: str, taken: set) -> None:
-        if ops not in PORTABLE_OPS:
-            raise ModelError(f"--portable-ops must be one of {', '.join(PORTABLE_OPS)}, got {ops!r}")
-        self.ops = ops
+        self.ops = check_portable_ops(ops)
         self.taken = taken
         self._shared: Dict[tuple, str] = {}
 
@@ -253,6 +259,10 @@ def qdq_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int, base: s
     return y
 
 
+def _bits_label(segments: Sequence[Segment]) -> str:
+    return "+".join(dict.fromkeys(str(storage_bits(s.codes)) for s in segments))
+
+
 def _stored_blocks(c: BlockCodes, N: int) -> np.ndarray:
     """MatMulNBits' ``B`` (also GatherBlockQuantized's rank-3 data): ``[N, groups, bytes per group]``;
     exact types shifted to the default zero point, min types as they are."""
@@ -282,7 +292,7 @@ def linear(em: Emitter, name: str, x: str, y: str, segments: Sequence[Segment], 
     """The nodes computing ``y = x @ W.T (+ bias)`` for a GgmlMatMul; ``tables``: the tied
     per-segment tables to read instead of writing weights."""
     out = Emitted(op="MatMulNBits" if em.ops == MATMULNBITS else "DequantizeLinear+MatMul",
-                  bits=max(storage_bits(s.codes) for s in segments))
+                  bits=_bits_label(segments))
     parts = []
     for i, seg in enumerate(segments):
         base = f"{name}.portable" + (f".seg{seg.start}" if len(segments) > 1 else "")
@@ -334,7 +344,7 @@ def gather(em: Emitter, name: str, ids: str, y: str, segments: Sequence[Segment]
            tables: Optional[Sequence[str]] = None) -> Emitted:
     """The nodes computing ``y = table[ids]`` for a GgmlGather."""
     out = Emitted(op="GatherBlockQuantized" if em.ops == MATMULNBITS else "DequantizeLinear+Gather",
-                  bits=max(storage_bits(s.codes) for s in segments))
+                  bits=_bits_label(segments))
     parts = []
     for i, seg in enumerate(segments):
         base = f"{name}.portable" + (f".seg{seg.start}" if len(segments) > 1 else "")

@@ -30,7 +30,8 @@ from ..units import format_bytes
 from .nodes import ATTR_K, ATTR_N, ATTR_QUANT_TYPE, ATTR_TAIL_TYPE, DOMAIN, GATHER_OP, MATMUL_OP, \
     ggml_node_attributes, is_ggml_node
 from .portable import Segment, row_segments
-from .portable_ops import MATMULNBITS, MS_DOMAIN, QDQ, QDQ_OPSET, Emitted, Emitter, Tensor, gather, linear, tied_tables
+from .portable_ops import MATMULNBITS, MS_DOMAIN, QDQ, QDQ_OPSET, Emitted, Emitter, Tensor, check_portable_ops, \
+    gather, linear, tied_tables
 
 __all__ = ["PortableLayer", "PortableReport", "convert_model", "PORTABLE_KEY"]
 
@@ -48,7 +49,7 @@ class PortableLayer:
     quant_type: str
     tail_type: Optional[str]
     op: str
-    bits: int
+    bits: str
     K: int
     N: int
     ggml_bytes: int  # the blocks (counted once when shared)
@@ -163,7 +164,7 @@ class _Conversion:
         blocks = node.input[1] if is_matmul else node.input[0]
         segments = self.segments_of(node, blocks, attrs)
         tables = None
-        shared = Emitted(op="", bits=0)
+        shared = Emitted(op="", bits="")
         if self.readers.get(blocks, 0) > 1:
             if blocks not in self.tables:
                 self.tables[blocks] = tied_tables(self.em, shared, segments, attrs[ATTR_N], blocks + ".portable")
@@ -201,7 +202,7 @@ def convert_model(input: PathLike, output: PathLike, *, ops: str = MATMULNBITS, 
     out_path = check_output_path(in_path, output)
     model = load_model(in_path)
     ggml = _ggml_nodes(model, in_path)
-    Emitter(ops, set())  # checks ``ops`` before any work
+    check_portable_ops(ops)
     if ops == QDQ:
         model = _upgrade_for_qdq(model, in_path)
     if external_data is None:
