@@ -28,6 +28,8 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Tensors smaller than this stay inside the .onnx file even when saving with external data.
 SMALL_TENSOR_BYTES = 1024
 _COPY_CHUNK = 64 << 20
+#: data types stored two elements a byte (INT4, UINT4, FLOAT4E2M1)
+_PACKED_4BIT = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, n)}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -96,6 +98,8 @@ def tensor_nbytes(tensor: TensorProto) -> int:
         if "length" in info:
             return int(info["length"])
     count = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
+    if tensor.data_type in _PACKED_4BIT:  # two elements a byte
+        return (count + 1) // 2
     return count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 

@@ -30,7 +30,7 @@ from onnx import NodeProto, TensorProto, helper
 from ..errors import ModelError
 from .portable import BlockCodes, Segment
 
-__all__ = ["MATMULNBITS", "QDQ", "PORTABLE_OPS", "MS_DOMAIN", "Tensor", "Emitted", "Emitter", "check_portable_ops",
+__all__ = ["MATMULNBITS", "QDQ", "PORTABLE_OPS", "MS_DOMAIN", "Tensor", "Emitted", "Emitter", "check_portable_ops", "NODE_MARK",
            "linear", "gather", "tied_tables"]
 
 MATMULNBITS = "matmulnbits"
@@ -39,6 +39,8 @@ PORTABLE_OPS = (MATMULNBITS, QDQ)
 MS_DOMAIN = "com.microsoft"
 #: the default-domain opset blocked DequantizeLinear needs
 QDQ_OPSET = 21
+#: in the name of every node a conversion writes (``onnxq inspect`` groups them by layer)
+NODE_MARK = ".portable"
 
 
 @dataclass
@@ -295,7 +297,7 @@ def linear(em: Emitter, name: str, x: str, y: str, segments: Sequence[Segment], 
                   bits=_bits_label(segments))
     parts = []
     for i, seg in enumerate(segments):
-        base = f"{name}.portable" + (f".seg{seg.start}" if len(segments) > 1 else "")
+        base = f"{name}{NODE_MARK}" + (f".seg{seg.start}" if len(segments) > 1 else "")
         xs = x if len(segments) == 1 else em.slice_columns(out, x, seg.start, seg.stop, base)
         table = tables[i] if tables else None
         if em.ops == MATMULNBITS:
@@ -304,9 +306,9 @@ def linear(em: Emitter, name: str, x: str, y: str, segments: Sequence[Segment], 
             parts.append(qdq_segment(em, out, xs, seg, N, base, table=table))
     total = parts[0]
     for part in parts[1:]:
-        total = em.node(out, "Add", [total, part], f"{name}.portable.sum")
+        total = em.node(out, "Add", [total, part], f"{name}{NODE_MARK}.sum")
     if bias:
-        total = em.node(out, "Add", [total, bias], f"{name}.portable.bias")
+        total = em.node(out, "Add", [total, bias], f"{name}{NODE_MARK}.bias")
     _rename_output(out, total, y)
     return out
 
@@ -347,7 +349,7 @@ def gather(em: Emitter, name: str, ids: str, y: str, segments: Sequence[Segment]
                   bits=_bits_label(segments))
     parts = []
     for i, seg in enumerate(segments):
-        base = f"{name}.portable" + (f".seg{seg.start}" if len(segments) > 1 else "")
+        base = f"{name}{NODE_MARK}" + (f".seg{seg.start}" if len(segments) > 1 else "")
         table = tables[i] if tables else None
         if em.ops == MATMULNBITS:
             part = _gbq_segment(em, out, ids, seg, N, base, table)
@@ -363,7 +365,7 @@ def gather(em: Emitter, name: str, ids: str, y: str, segments: Sequence[Segment]
                            f"{base}.min_term")
             part = em.node(out, "Add", [part, term], f"{base}.with_mins")
         parts.append(part)
-    total = parts[0] if len(parts) == 1 else em.node(out, "Concat", parts, f"{name}.portable.concat", axis=-1)
+    total = parts[0] if len(parts) == 1 else em.node(out, "Concat", parts, f"{name}{NODE_MARK}.concat", axis=-1)
     _rename_output(out, total, y)
     return out
 

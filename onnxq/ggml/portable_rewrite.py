@@ -13,6 +13,7 @@ Streams: one blocks tensor is decoded and written at a time through a
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,13 +31,15 @@ from ..units import format_bytes
 from .nodes import ATTR_K, ATTR_N, ATTR_QUANT_TYPE, ATTR_TAIL_TYPE, DOMAIN, GATHER_OP, MATMUL_OP, \
     ggml_node_attributes, is_ggml_node
 from .portable import Segment, row_segments
-from .portable_ops import MATMULNBITS, MS_DOMAIN, QDQ, QDQ_OPSET, Emitted, Emitter, Tensor, check_portable_ops, \
+from .portable_ops import MATMULNBITS, MS_DOMAIN, NODE_MARK, QDQ, QDQ_OPSET, Emitted, Emitter, Tensor, check_portable_ops, \
     gather, linear, tied_tables
 
-__all__ = ["PortableLayer", "PortableReport", "convert_model", "PORTABLE_KEY"]
+__all__ = ["PortableLayer", "PortableReport", "convert_model", "PORTABLE_KEY", "NODE_MARK", "portable_record"]
 
 PathLike = Union[str, os.PathLike]
-#: metadata key recording the portable target of a converted file
+#: metadata key of a converted file: JSON ``{"ops": ..., "layers": [PortableLayer.metadata(), ...]}``
+#: (``onnxq inspect`` shows the layers from it; every node the conversion wrote has
+#: :data:`NODE_MARK` in its name)
 PORTABLE_KEY = "onnxq.portable"
 
 
@@ -55,6 +58,12 @@ class PortableLayer:
     ggml_bytes: int  # the blocks (counted once when shared)
     portable_bytes: int  # the new initializers this node brought
     notes: List[str] = field(default_factory=list)
+    #: initializers it reads that the conversion wrote (a shared table first), for ``inspect``
+    tensors: List[str] = field(default_factory=list)
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "quant_type": self.quant_type, "tail_type": self.tail_type,
+                "op": self.op, "bits": self.bits, "K": self.K, "N": self.N, "tensors": self.tensors}
 
 
 @dataclass
@@ -113,6 +122,18 @@ def _upgrade_for_qdq(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
     return converted
 
 
+def portable_record(metadata: dict) -> Optional[dict]:
+    """The conversion record of a model's ``onnxq.*`` metadata (None: not a portable file)."""
+    text = metadata.get(PORTABLE_KEY)
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("layers"), list) else None
+
+
 class _Conversion:
     """State of one conversion: decoded segments of shared blocks, shared tables, the writer."""
 
@@ -130,6 +151,7 @@ class _Conversion:
         self.readers = readers
         self.segments: Dict[str, List[Segment]] = {}
         self.tables: Dict[str, List[str]] = {}
+        self.table_tensors: Dict[str, List[str]] = {}
         self.protos: List[TensorProto] = []
         self.written_blocks: set = set()
 
@@ -167,7 +189,8 @@ class _Conversion:
         shared = Emitted(op="", bits="")
         if self.readers.get(blocks, 0) > 1:
             if blocks not in self.tables:
-                self.tables[blocks] = tied_tables(self.em, shared, segments, attrs[ATTR_N], blocks + ".portable")
+                self.tables[blocks] = tied_tables(self.em, shared, segments, attrs[ATTR_N], blocks + NODE_MARK)
+                self.table_tensors[blocks] = [t.name for t in shared.tensors]
             tables = self.tables[blocks]
         if is_matmul:
             bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -177,9 +200,10 @@ class _Conversion:
         self.write(shared.tensors + out.tensors)
         ggml_bytes = 0 if blocks in self.written_blocks else tensor_nbytes(self.inits[blocks])
         self.written_blocks.add(blocks)
+        tensors = self.table_tensors.get(blocks, []) + [t.name for t in out.tensors]
         layer = PortableLayer(node.name, "linear" if is_matmul else "embedding", attrs[ATTR_QUANT_TYPE],
                               attrs[ATTR_TAIL_TYPE], out.op, out.bits, attrs[ATTR_K], attrs[ATTR_N], ggml_bytes,
-                              shared.nbytes + out.nbytes, sorted(set(out.notes)))
+                              shared.nbytes + out.nbytes, sorted(set(out.notes)), tensors)
         return shared.nodes + out.nodes, layer
 
 
@@ -224,13 +248,14 @@ def convert_model(input: PathLike, output: PathLike, *, ops: str = MATMULNBITS, 
                 bar.update(1)
         finally:
             bar.close()
-        new_model = _assemble(model, nodes, job, ops)
+        new_model = _assemble(model, nodes, job, ops, layers)
         writer.write(new_model)
     return PortableReport(in_path, out_path, ops, layers, file_bytes(in_path, model), file_bytes(out_path, new_model),
                           time.perf_counter() - start)
 
 
-def _assemble(model: onnx.ModelProto, nodes: List[onnx.NodeProto], job: _Conversion, ops: str) -> onnx.ModelProto:
+def _assemble(model: onnx.ModelProto, nodes: List[onnx.NodeProto], job: _Conversion, ops: str,
+              layers: List[PortableLayer]) -> onnx.ModelProto:
     """The output model: the new nodes, the initializers still read (copied through the
     writer) after the new ones, opsets without ``onnxq``."""
     used = names_read(nodes) | {o.name for o in model.graph.output}
@@ -244,5 +269,6 @@ def _assemble(model: onnx.ModelProto, nodes: List[onnx.NodeProto], job: _Convers
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
     del new_model.opset_import[:]
     new_model.opset_import.extend(opsets)
-    set_metadata(new_model, {PORTABLE_KEY: ops})
+    record = {"ops": ops, "layers": [layer.metadata() for layer in layers]}
+    set_metadata(new_model, {PORTABLE_KEY: json.dumps(record, separators=(",", ":"))})
     return new_model
