@@ -287,3 +287,19 @@ def test_failed_conversion_leaves_nothing(decoder, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         convert_model(ggml, tmp_path / "p.onnx", external_data=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["ggml.onnx"]
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_K"])
+def test_constant_block_with_zero_scale_stays_exact(qtype, tmp_path):
+    """A block of equal weights has scale 0 and a min: no float zero point expresses it, so
+    that layer takes the exact min term instead."""
+    w = (np.random.default_rng(4).standard_normal((16, 512)) * 0.05).astype(np.float32)
+    w[:, :32] = -0.7  # K-quants keep mins <= 0: a negative block
+    q = GGMLQuantizer(qtype).quantize(w)
+    c = row_segments(q.data, qtype, 512, None)[0].codes
+    assert np.any((c.scales == 0) & (c.mins != 0))
+    src = _linear_model(q, tmp_path / "g.onnx")
+    report = convert_model(src, tmp_path / "p.onnx", progress=False)
+    assert report.layers[0].notes == []  # no float zero point
+    got = _stock_session(tmp_path / "p.onnx", optimize=False).run(None, {"X": np.eye(512, dtype=np.float32)})[0].T
+    assert np.array_equal(got, q.dequantize())

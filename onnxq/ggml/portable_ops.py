@@ -185,22 +185,19 @@ def matmulnbits_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int,
     c = _trim(seg.codes, seg.length)
     bits = storage_bits(c)
     inputs = [x, blocks or "", ""]
-    float_zp = float_zero_points(c.scales, c.mins) if (c.mins is not None and bits == 4) else None
-    stored = c.codes if c.mins is not None else shifted_codes(c, bits)
+    float_zp = float_zero_points(c.scales, c.mins) if _raw_codes(c) else None
     if blocks is None:
         inputs[1] = em.name(f"{base}.B{bits}")
-        packed = pack4(stored) if bits == 4 else stored
-        out.tensors.append(Tensor(inputs[1], packed.reshape(N, c.groups, -1)))
+        out.tensors.append(Tensor(inputs[1], _stored_blocks(c, N)))
     inputs[2] = em.name(f"{base}.scales")
     out.tensors.append(Tensor(inputs[2], c.scales))
-    if c.mins is not None:
+    if _raw_codes(c):
         zp_name = em.name(f"{base}.zero_points")
         if float_zp is not None:
             out.tensors.append(Tensor(zp_name, float_zp))
             out.notes.append("float zero point")
-        else:  # codes as stored, zero point 0; the min term is added below
-            zeros = np.zeros((N, c.groups), np.uint8)
-            out.tensors.append(Tensor(zp_name, pack4(zeros) if bits == 4 else zeros))
+        else:  # a block with scale 0 and a min: zero point 0, the min term is added below
+            out.tensors.append(Tensor(zp_name, pack4(np.zeros((N, c.groups), np.uint8))))
         inputs.append(zp_name)
     y = em.node(out, "MatMulNBits", inputs, f"{base}.MatMulNBits", MS_DOMAIN,
                 K=seg.length, N=N, bits=bits, block_size=c.group)
@@ -212,8 +209,7 @@ def matmulnbits_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int,
 def _linear_min_term(em: Emitter, out: Emitted, x: str, y: str, c: BlockCodes, length: int, base: str) -> str:
     """``y + (x @ P) @ mins.T``: each group's input sum times its min."""
     sums = em.node(out, "MatMul", [x, em.group_matrix(length, c.group, out)], f"{base}.group_sums")
-    mins_t = em.name(f"{base}.mins")
-    out.tensors.append(Tensor(mins_t, np.ascontiguousarray(c.mins.T)))
+    mins_t = compact_floats(em, out, np.ascontiguousarray(c.mins.T), f"{base}.mins")
     term = em.node(out, "MatMul", [sums, mins_t], f"{base}.min_term")
     return em.node(out, "Add", [y, term], f"{base}.with_mins")
 
@@ -265,12 +261,33 @@ def _bits_label(segments: Sequence[Segment]) -> str:
     return "+".join(dict.fromkeys(str(storage_bits(s.codes)) for s in segments))
 
 
+def _raw_codes(c: BlockCodes) -> bool:
+    """True for 4-bit codes of a type with a min: stored as they are, read with a zero-point
+    input (MatMulNBits: the float one; GatherBlockQuantized: zeros). Every other segment is
+    stored shifted to the ops' default zero point and needs none."""
+    return c.mins is not None and storage_bits(c) == 4
+
+
 def _stored_blocks(c: BlockCodes, N: int) -> np.ndarray:
-    """MatMulNBits' ``B`` (also GatherBlockQuantized's rank-3 data): ``[N, groups, bytes per group]``;
-    exact types shifted to the default zero point, min types as they are."""
+    """MatMulNBits' ``B`` (also GatherBlockQuantized's data): ``[N, groups, bytes per group]``."""
     bits = storage_bits(c)
-    stored = c.codes if c.mins is not None else shifted_codes(c, bits)
+    stored = c.codes if _raw_codes(c) else shifted_codes(c, bits)
     return (pack4(stored) if bits == 4 else stored).reshape(N, c.groups, -1)
+
+
+def compact_floats(em: Emitter, out: Emitted, values: np.ndarray, base: str) -> str:
+    """A float32 constant, stored as float16 (+ a Cast, folded by onnxruntime at load) when
+    every value survives the round trip (Q4_1 / Q5_1 mins are float16 in ggml)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        half = values.astype(np.float16)
+    if not np.array_equal(half.astype(np.float32).view(np.uint32), values.view(np.uint32)):
+        name = em.name(base)
+        out.tensors.append(Tensor(name, values))
+        return name
+    name = em.name(base + ".f16")
+    out.tensors.append(Tensor(name, half))
+    return em.node(out, "Cast", [name], base + ".cast", to=TensorProto.FLOAT)
 
 
 def tied_tables(em: Emitter, out: Emitted, segments: Sequence[Segment], N: int, base: str) -> List[str]:
@@ -325,10 +342,9 @@ def _gbq_segment(em: Emitter, out: Emitted, ids: str, seg: Segment, N: int, base
     scales = em.name(f"{base}.scales")
     out.tensors.append(Tensor(scales, c.scales[:, :, None] if rank3 else c.scales))
     inputs = [table, ids, scales]
-    if c.mins is not None:  # codes as stored, zero point 0 (the op's zero points are integers)
-        zeros = np.zeros((N, c.groups, 1) if rank3 else (N, c.groups), np.uint8)
+    if _raw_codes(c):  # 4-bit codes as stored, zero point 0 (the op's zero points are integers)
         zp = em.name(f"{base}.zero_points")
-        out.tensors.append(Tensor(zp, pack4(zeros) if bits == 4 else zeros))
+        out.tensors.append(Tensor(zp, pack4(np.zeros((N, c.groups, 1) if rank3 else (N, c.groups), np.uint8))))
         inputs.append(zp)
     y = em.node(out, "GatherBlockQuantized", inputs, f"{base}.GatherBlockQuantized", MS_DOMAIN,
                 bits=bits, block_size=c.group, gather_axis=0, quantize_axis=2 if rank3 else 1)
@@ -358,8 +374,7 @@ def gather(em: Emitter, name: str, ids: str, y: str, segments: Sequence[Segment]
             part = em.node(out, "Gather", [dq, ids], f"{base}.Gather", axis=0)
         c = _trim(seg.codes, seg.length)
         if c.mins is not None:
-            mins = em.name(f"{base}.mins")
-            out.tensors.append(Tensor(mins, c.mins))
+            mins = compact_floats(em, out, c.mins, f"{base}.mins")
             rows = em.node(out, "Gather", [mins, ids], f"{base}.row_mins", axis=0)
             term = em.node(out, "MatMul", [rows, em.group_matrix(seg.length, c.group, out, transposed=True)],
                            f"{base}.min_term")
