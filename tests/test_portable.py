@@ -182,20 +182,25 @@ def test_portable_model_matches_exact_mode(decoder, qtype, tmp_path):
         assert not any(o.domain == "onnxq" for o in m.opset_import)
 
 
-def test_tied_head_keeps_one_table(decoder, tmp_path):
+def test_tied_head_table_matmulnbits_shares_qdq_costs(decoder, tmp_path):
+    """MatMulNBits and GatherBlockQuantized read one codes tensor (the head only adds its
+    scales); QDQ stores the head [K, N] for the DQ -> MatMul fusion and the table's rows as
+    8-bit codes for Gather (which takes no int4): two tables."""
     ggml = tmp_path / "ggml.onnx"
     onnxq.quantize(decoder, ggml, type="q4_0", mode="exact", progress=False)
-    for ops in OPS:
+    for ops, tables in (("matmulnbits", 1), ("qdq", 2)):
         out = tmp_path / f"{ops}.onnx"
         convert_model(ggml, out, ops=ops, progress=False)
         info = {l.name: l for l in inspect_model(out).layers}
         head, emb = info["/lm_head/MatMul"], info["/model/embed_tokens/Gather"]
-        assert head.shared_with == "/model/embed_tokens/Gather"
         m = onnx.load(str(out))
         codes = [t for t in m.graph.initializer if VOCAB in t.dims
-                 and tensor_nbytes(t) >= VOCAB * 320 // 2]  # the 4-bit codes of a [VOCAB, 320] table
-        assert len(codes) == 1, [(t.name, list(t.dims)) for t in codes]
-        assert emb.nbytes > 0 and head.nbytes < emb.nbytes
+                 and tensor_nbytes(t) >= VOCAB * 320 // 2]  # the codes of a [VOCAB, 320] table
+        assert len(codes) == tables, [(t.name, list(t.dims)) for t in codes]
+        if ops == "matmulnbits":
+            assert head.shared_with == "/model/embed_tokens/Gather" and head.nbytes == VOCAB * 10 * 4  # scales
+        else:
+            assert head.shared_with is None and emb.nbytes == VOCAB * 320 + VOCAB * 10 * 4  # 8-bit rows + scales
 
 
 def test_portable_model_runs_without_onnxq(decoder, tmp_path):

@@ -214,43 +214,52 @@ def _linear_min_term(em: Emitter, out: Emitted, x: str, y: str, c: BlockCodes, l
     return em.node(out, "Add", [y, term], f"{base}.with_mins")
 
 
-def qdq_weight(em: Emitter, out: Emitted, c: BlockCodes, length: int, base: str, rows_first: bool) -> str:
-    """A blocked DequantizeLinear of the segment's weight: ``[N, length]`` (axis 1, a table)
-    when ``rows_first`` else ``[length, N]`` (axis 0, what MatMul reads). Codes of exact
-    types are stored signed (``code - zero_point``) with no zero point, codes of min types
-    unsigned (then the min term is added by the caller)."""
-    c = _trim(c, length)
+def _qdq_values(c: BlockCodes, length: int) -> np.ndarray:
+    """int16 ``[N, length]``: ``code - zero_point`` (signed) for the exact types, the codes
+    (unsigned, the min term added apart) for the types with a min."""
+    return (c.codes.astype(np.int16) - (c.zero_point if c.mins is None else 0))[:, :length]
+
+
+def _int8_codes(c: BlockCodes, values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values.astype(np.int8 if c.mins is None else np.uint8))
+
+
+def qdq_weight(em: Emitter, out: Emitted, c: BlockCodes, length: int, base: str) -> str:
+    """A blocked DequantizeLinear (axis 0) of a MatMul weight ``[length, N]``: int4 / int8
+    codes minus the zero point with no zero-point input, or uint4 / uint8 codes of a type
+    with a min."""
     bits = storage_bits(c)
-    if c.mins is None:
-        values = (c.codes.astype(np.int16) - c.zero_point)[:, :length]
-        data_type = TensorProto.INT4 if bits == 4 else TensorProto.INT8
-    else:
-        values = c.codes[:, :length].astype(np.int16)
-        data_type = TensorProto.UINT4 if bits == 4 else TensorProto.UINT8
-    scales = c.scales
-    if not rows_first:
-        values, scales = values.T, scales.T
+    values = np.ascontiguousarray(_qdq_values(c, length).T)
     q_name, s_name = em.name(f"{base}.q{bits}"), em.name(f"{base}.scales")
     if bits == 4:
-        raw = pack4((np.ascontiguousarray(values).reshape(-1) & 0x0F).astype(np.uint8))
+        data_type = TensorProto.INT4 if c.mins is None else TensorProto.UINT4
+        raw = pack4((values.reshape(-1) & 0x0F).astype(np.uint8))
         out.tensors.append(Tensor(q_name, raw, data_type, tuple(values.shape)))
     else:
-        np_type = np.int8 if data_type == TensorProto.INT8 else np.uint8
-        out.tensors.append(Tensor(q_name, np.ascontiguousarray(values.astype(np_type))))
-    out.tensors.append(Tensor(s_name, np.ascontiguousarray(scales)))
-    return em.node(out, "DequantizeLinear", [q_name, s_name], f"{base}.DequantizeLinear",
-                   axis=1 if rows_first else 0, block_size=c.group)
+        out.tensors.append(Tensor(q_name, _int8_codes(c, values)))
+    out.tensors.append(Tensor(s_name, np.ascontiguousarray(c.scales.T)))
+    return em.node(out, "DequantizeLinear", [q_name, s_name], f"{base}.DequantizeLinear", axis=0,
+                   block_size=c.group)
 
 
-def qdq_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int, base: str,
-                table: Optional[str] = None) -> str:
-    """``x[..., seg] @ W_seg.T`` as DequantizeLinear -> MatMul; ``table``: the dequantized
-    ``[N, length]`` output of a tied embedding's DequantizeLinear, read through Transpose."""
+def qdq_gather(em: Emitter, out: Emitted, ids: str, c: BlockCodes, length: int, base: str) -> str:
+    """Rows of a table as Gather of 8-bit codes and of scales, then a blocked
+    DequantizeLinear of just those rows (``Gather`` takes no int4, and dequantizing the whole
+    table for every call would cost vocabulary x K work per token)."""
+    q_name, s_name = em.name(f"{base}.q8"), em.name(f"{base}.scales")
+    out.tensors.append(Tensor(q_name, _int8_codes(c, _qdq_values(c, length))))
+    out.tensors.append(Tensor(s_name, c.scales))
+    rows = em.node(out, "Gather", [q_name, ids], f"{base}.Gather", axis=0)
+    scales = em.node(out, "Gather", [s_name, ids], f"{base}.row_scales", axis=0)
+    return em.node(out, "DequantizeLinear", [rows, scales], f"{base}.DequantizeLinear", axis=-1,
+                   block_size=c.group)
+
+
+def qdq_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int, base: str) -> str:
+    """``x[..., seg] @ W_seg.T`` as DequantizeLinear -> MatMul (the weight ``[length, N]``,
+    blocked along axis 0: the form onnxruntime fuses into MatMulNBits)."""
     c = _trim(seg.codes, seg.length)
-    if table is not None:
-        w = em.node(out, "Transpose", [table], f"{base}.tied_T", perm=[1, 0])
-    else:
-        w = qdq_weight(em, out, c, seg.length, base, rows_first=False)
+    w = qdq_weight(em, out, c, seg.length, base)
     y = em.node(out, "MatMul", [x, w], f"{base}.MatMul")
     if c.mins is not None:
         y = _linear_min_term(em, out, x, y, c, seg.length, base)
@@ -291,18 +300,16 @@ def compact_floats(em: Emitter, out: Emitted, values: np.ndarray, base: str) -> 
 
 
 def tied_tables(em: Emitter, out: Emitted, segments: Sequence[Segment], N: int, base: str) -> List[str]:
-    """One table per segment that a tied embedding and head both read: MatMulNBits' ``B``
-    (GatherBlockQuantized reads it as rank-3 data), or the ``[N, length]`` output of a
-    DequantizeLinear (Gather reads it, the head through Transpose)."""
+    """MatMulNBits' ``B`` per segment, for a tied embedding and head to share
+    (GatherBlockQuantized reads it as rank-3 data)."""
+    if em.ops != MATMULNBITS:
+        raise ModelError("internal: only MatMulNBits / GatherBlockQuantized share a table")
     names = []
     for seg in segments:
         c = _trim(seg.codes, seg.length)
-        if em.ops == QDQ:
-            names.append(qdq_weight(em, out, c, seg.length, f"{base}.seg{seg.start}", rows_first=True))
-        else:
-            name = em.name(f"{base}.seg{seg.start}.B{storage_bits(c)}")
-            out.tensors.append(Tensor(name, _stored_blocks(c, N)))
-            names.append(name)
+        name = em.name(f"{base}.seg{seg.start}.B{storage_bits(c)}")
+        out.tensors.append(Tensor(name, _stored_blocks(c, N)))
+        names.append(name)
     return names
 
 
@@ -320,7 +327,7 @@ def linear(em: Emitter, name: str, x: str, y: str, segments: Sequence[Segment], 
         if em.ops == MATMULNBITS:
             parts.append(matmulnbits_segment(em, out, xs, seg, N, base, blocks=table))
         else:
-            parts.append(qdq_segment(em, out, xs, seg, N, base, table=table))
+            parts.append(qdq_segment(em, out, xs, seg, N, base))
     total = parts[0]
     for part in parts[1:]:
         total = em.node(out, "Add", [total, part], f"{name}{NODE_MARK}.sum")
@@ -361,18 +368,17 @@ def _gbq_segment(em: Emitter, out: Emitted, ids: str, seg: Segment, N: int, base
 def gather(em: Emitter, name: str, ids: str, y: str, segments: Sequence[Segment], N: int,
            tables: Optional[Sequence[str]] = None) -> Emitted:
     """The nodes computing ``y = table[ids]`` for a GgmlGather."""
-    out = Emitted(op="GatherBlockQuantized" if em.ops == MATMULNBITS else "DequantizeLinear+Gather",
-                  bits=_bits_label(segments))
+    out = Emitted(op="GatherBlockQuantized" if em.ops == MATMULNBITS else "Gather+DequantizeLinear",
+                  bits=_bits_label(segments) if em.ops == MATMULNBITS else "8")
     parts = []
     for i, seg in enumerate(segments):
         base = f"{name}{NODE_MARK}" + (f".seg{seg.start}" if len(segments) > 1 else "")
         table = tables[i] if tables else None
+        c = _trim(seg.codes, seg.length)
         if em.ops == MATMULNBITS:
             part = _gbq_segment(em, out, ids, seg, N, base, table)
         else:
-            dq = table or qdq_weight(em, out, seg.codes, seg.length, base, rows_first=True)
-            part = em.node(out, "Gather", [dq, ids], f"{base}.Gather", axis=0)
-        c = _trim(seg.codes, seg.length)
+            part = qdq_gather(em, out, ids, c, seg.length, base)
         if c.mins is not None:
             mins = compact_floats(em, out, c.mins, f"{base}.mins")
             rows = em.node(out, "Gather", [mins, ids], f"{base}.row_mins", axis=0)

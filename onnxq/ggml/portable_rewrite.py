@@ -187,7 +187,7 @@ class _Conversion:
         segments = self.segments_of(node, blocks, attrs)
         tables = None
         shared = Emitted(op="", bits="")
-        if self.readers.get(blocks, 0) > 1:
+        if self.readers.get(blocks, 0) > 1 and self.em.ops == MATMULNBITS:
             if blocks not in self.tables:
                 self.tables[blocks] = tied_tables(self.em, shared, segments, attrs[ATTR_N], blocks + NODE_MARK)
                 self.table_tensors[blocks] = [t.name for t in shared.tensors]
