@@ -119,15 +119,21 @@ def test_float_zero_points_reproduce_the_min_within_one_rounding():
 # ----------------------------------------------------------------------------- per-layer weights
 
 
+def _converted_layers(qtype, ops, N, tmp_path, make_model):
+    """(K, the GGML blocks, a plain session on the converted one-layer model) per width."""
+    for K in _widths(qtype):
+        q = _blocks(qtype, N, K, seed=K + N)
+        src = make_model(q, tmp_path / f"g{K}.onnx")
+        convert_model(src, tmp_path / f"p{K}.onnx", ops=ops, progress=False)
+        # optimize=False: the operators as the file defines them (no DQ -> MatMulNBits fusion)
+        yield K, q, _stock_session(tmp_path / f"p{K}.onnx", optimize=False)
+
+
 @pytest.mark.parametrize("ops", OPS)
 @pytest.mark.parametrize("qtype", TYPES)
 def test_portable_linear_weights_equal_ggml(qtype, ops, tmp_path):
-    for K in _widths(qtype):
-        q = _blocks(qtype, 40, K, seed=K + 1)
-        src = _linear_model(q, tmp_path / f"g{K}.onnx")
-        convert_model(src, tmp_path / f"p{K}.onnx", ops=ops, progress=False)
-        eye = np.eye(K, dtype=np.float32)
-        got = _stock_session(tmp_path / f"p{K}.onnx", optimize=False).run(None, {"X": eye})[0].T
+    for K, q, session in _converted_layers(qtype, ops, 40, tmp_path, _linear_model):
+        got = session.run(None, {"X": np.eye(K, dtype=np.float32)})[0].T
         ref = q.dequantize()
         if ops == "matmulnbits" and qtype in ("Q4_1", "Q4_K"):  # float zero point
             assert np.all(np.abs(got - ref) <= _min_bound(q)), (qtype, K, float(np.abs(got - ref).max()))
@@ -138,12 +144,9 @@ def test_portable_linear_weights_equal_ggml(qtype, ops, tmp_path):
 @pytest.mark.parametrize("ops", OPS)
 @pytest.mark.parametrize("qtype", TYPES)
 def test_portable_embedding_rows_equal_ggml(qtype, ops, tmp_path):
-    for K in _widths(qtype):
-        q = _blocks(qtype, 24, K, seed=K + 2)
-        src = _gather_model(q, tmp_path / f"g{K}.onnx")
-        convert_model(src, tmp_path / f"p{K}.onnx", ops=ops, progress=False)
-        ids = np.arange(24, dtype=np.int64)[::-1].reshape(2, 12).copy()
-        got = _stock_session(tmp_path / f"p{K}.onnx").run(None, {"ids": ids})[0]
+    ids = np.arange(24, dtype=np.int64)[::-1].reshape(2, 12).copy()
+    for K, q, session in _converted_layers(qtype, ops, 24, tmp_path, _gather_model):
+        got = session.run(None, {"ids": ids})[0]
         ref = q.dequantize()[ids]
         assert got.shape == ref.shape
         assert got.view(np.uint32).tolist() == ref.view(np.uint32).tolist(), (qtype, ops, K)
