@@ -185,6 +185,19 @@ def test_portable_model_matches_exact_mode(decoder, qtype, tmp_path):
         assert not any(o.domain == "onnxq" for o in m.opset_import)
 
 
+def test_recipe_mixing_types_converts_per_layer(decoder, tmp_path):
+    """q4_k_m gives layers different types (Q4_K, Q6_K, their tails): each converts on its own."""
+    ggml = tmp_path / "ggml.onnx"
+    report = onnxq.quantize(decoder, ggml, recipe="q4_k_m", mode="exact", progress=False)
+    assert len({l.method for l in report.layers}) > 1
+    ref = InferenceSession(str(ggml)).run(None, {"input_ids": _ids()})[0]
+    for ops in OPS:
+        out = tmp_path / f"{ops}.onnx"
+        convert_model(ggml, out, ops=ops, progress=False)
+        got = _stock_session(out).run(None, {"input_ids": _ids()})[0]
+        assert np.abs(got - ref).max() <= 2e-5 * float(np.abs(ref).max()), ops
+
+
 def test_tied_head_table_matmulnbits_shares_qdq_costs(decoder, tmp_path):
     """MatMulNBits and GatherBlockQuantized read one codes tensor (the head only adds its
     scales); QDQ stores the head [K, N] for the DQ -> MatMul fusion and the table's rows as
