@@ -119,12 +119,12 @@ def test_float_zero_points_reproduce_the_min_within_one_rounding():
 # ----------------------------------------------------------------------------- per-layer weights
 
 
-def _converted_layers(qtype, ops, N, tmp_path, make_model):
+def _converted_layers(qtype, ops, N, tmp_path, make_model, float_zp=False):
     """(K, the GGML blocks, a plain session on the converted one-layer model) per width."""
     for K in _widths(qtype):
         q = _blocks(qtype, N, K, seed=K + N)
         src = make_model(q, tmp_path / f"g{K}.onnx")
-        convert_model(src, tmp_path / f"p{K}.onnx", ops=ops, progress=False)
+        convert_model(src, tmp_path / f"p{K}.onnx", ops=ops, float_zero_points=float_zp, progress=False)
         # optimize=False: the operators as the file defines them (no DQ -> MatMulNBits fusion)
         yield K, q, _stock_session(tmp_path / f"p{K}.onnx", optimize=False)
 
@@ -134,11 +134,19 @@ def _converted_layers(qtype, ops, N, tmp_path, make_model):
 def test_portable_linear_weights_equal_ggml(qtype, ops, tmp_path):
     for K, q, session in _converted_layers(qtype, ops, 40, tmp_path, _linear_model):
         got = session.run(None, {"X": np.eye(K, dtype=np.float32)})[0].T
+        # equal values; reading through a GEMM turns -0.0 into 0.0 (1 * -0.0 + 0 * ... = +0)
+        assert np.array_equal(got, q.dequantize()), (qtype, ops, K)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_K"])
+def test_float_zero_point_weights_within_one_rounding(qtype, tmp_path):
+    for K, q, session in _converted_layers(qtype, "matmulnbits", 40, tmp_path, _linear_model, float_zp=True):
+        got = session.run(None, {"X": np.eye(K, dtype=np.float32)})[0].T
         ref = q.dequantize()
-        if ops == "matmulnbits" and qtype in ("Q4_1", "Q4_K"):  # float zero point
-            assert np.all(np.abs(got - ref) <= _min_bound(q)), (qtype, K, float(np.abs(got - ref).max()))
-        else:  # equal values; reading through a GEMM turns -0.0 into 0.0 (1 * -0.0 + 0 * ... = +0)
-            assert np.array_equal(got, ref), (qtype, ops, K, float(np.abs(got - ref).max()))
+        assert np.all(np.abs(got - ref) <= _min_bound(q)), (qtype, K, float(np.abs(got - ref).max()))
+        m = onnx.load(str(tmp_path / f"p{K}.onnx"))
+        floats = {t.name for t in m.graph.initializer if t.data_type == TensorProto.FLOAT}
+        assert any(n.op_type == "MatMulNBits" and len(n.input) == 4 and n.input[3] in floats for n in m.graph.node)
 
 
 @pytest.mark.parametrize("ops", OPS)
@@ -320,7 +328,7 @@ def test_constant_block_with_zero_scale_stays_exact(qtype, tmp_path):
     c = row_segments(q.data, qtype, 512, None)[0].codes
     assert np.any((c.scales == 0) & (c.mins != 0))
     src = _linear_model(q, tmp_path / "g.onnx")
-    report = convert_model(src, tmp_path / "p.onnx", progress=False)
+    report = convert_model(src, tmp_path / "p.onnx", float_zero_points=True, progress=False)
     assert report.layers[0].notes == []  # no float zero point
     got = _stock_session(tmp_path / "p.onnx", optimize=False).run(None, {"X": np.eye(512, dtype=np.float32)})[0].T
     assert np.array_equal(got, q.dequantize())

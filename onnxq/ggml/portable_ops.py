@@ -5,11 +5,12 @@ Two targets (``--portable-ops``):
 * ``matmulnbits``: ``com.microsoft.MatMulNBits`` for linear layers, ``GatherBlockQuantized``
   for embeddings. Codes are stored 4-bit (Q4_0, Q4_1, Q4_K) or 8-bit (Q5_0, Q5_1, Q5_K, Q6_K,
   Q8_0) with the ops' default zero point (8 / 128) after shifting the codes by
-  ``2**(bits-1) - zero_point``, so the exact types carry no zero-point tensor. Q4_1 / Q4_K
-  in MatMulNBits take a float zero point ``-min / scale`` (within float32 rounding of ggml);
-  everywhere else a type with a min is written exactly as ``scale * code`` plus the min term
-  (see below), because onnxruntime's CPU MatMulNBits refuses float zero points with 8 bits and
-  GatherBlockQuantized takes integer zero points only.
+  ``2**(bits-1) - zero_point``, so the exact types carry no zero-point tensor. A type with a
+  min is written exactly as ``scale * code`` plus the min term (below). On request
+  (``float_zero_points``) Q4_1 / Q4_K in MatMulNBits take a float zero point
+  ``-min / scale`` instead (within float32 rounding of ggml; not the default: onnxruntime's CPU
+  kernel with float zero points is measured 40x slower, 8-bit refuses them, and
+  GatherBlockQuantized takes integer zero points only).
 * ``qdq``: opset-21 blocked ``DequantizeLinear`` (int4 / int8 codes minus the zero point,
   uint4 / uint8 codes of the min types) feeding ``MatMul`` / ``Gather``.
 
@@ -125,8 +126,9 @@ class Emitter:
     """Builds portable nodes with fresh names; shared helper tensors (the 0/1 group matrices,
     Slice bounds) are made once per model."""
 
-    def __init__(self, ops: str, taken: set) -> None:
+    def __init__(self, ops: str, taken: set, float_zero_points: bool = False) -> None:
         self.ops = check_portable_ops(ops)
+        self.float_zero_points = float_zero_points
         self.taken = taken
         self._shared: Dict[tuple, str] = {}
 
@@ -185,7 +187,7 @@ def matmulnbits_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int,
     c = _trim(seg.codes, seg.length)
     bits = storage_bits(c)
     inputs = [x, blocks or "", ""]
-    float_zp = float_zero_points(c.scales, c.mins) if _raw_codes(c) else None
+    float_zp = float_zero_points(c.scales, c.mins) if _raw_codes(c) and em.float_zero_points else None
     if blocks is None:
         inputs[1] = em.name(f"{base}.B{bits}")
         out.tensors.append(Tensor(inputs[1], _stored_blocks(c, N)))
@@ -196,7 +198,7 @@ def matmulnbits_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int,
         if float_zp is not None:
             out.tensors.append(Tensor(zp_name, float_zp))
             out.notes.append("float zero point")
-        else:  # a block with scale 0 and a min: zero point 0, the min term is added below
+        else:  # integer zero point 0; the min term is added below
             out.tensors.append(Tensor(zp_name, pack4(np.zeros((N, c.groups), np.uint8))))
         inputs.append(zp_name)
     y = em.node(out, "MatMulNBits", inputs, f"{base}.MatMulNBits", MS_DOMAIN,

@@ -137,11 +137,12 @@ def portable_record(metadata: dict) -> Optional[dict]:
 class _Conversion:
     """State of one conversion: decoded segments of shared blocks, shared tables, the writer."""
 
-    def __init__(self, model: onnx.ModelProto, base_dir: str, ops: str, writer: ModelWriter) -> None:
+    def __init__(self, model: onnx.ModelProto, base_dir: str, ops: str, writer: ModelWriter,
+                 float_zero_points: bool = False) -> None:
         self.model, self.base_dir, self.writer = model, base_dir, writer
         taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
         taken |= {i.name for i in model.graph.input} | {n.name for n in model.graph.node}
-        self.em = Emitter(ops, taken)
+        self.em = Emitter(ops, taken, float_zero_points)
         self.inits = {t.name: t for t in model.graph.initializer}
         readers: Dict[str, int] = {}
         for node in model.graph.node:
@@ -215,9 +216,13 @@ def _progress(total: int, enabled: bool):
 
 
 def convert_model(input: PathLike, output: PathLike, *, ops: str = MATMULNBITS, external_data: Optional[bool] = None,
-                  progress: bool = True) -> PortableReport:
+                  float_zero_points: bool = False, progress: bool = True) -> PortableReport:
     """Write the onnxq GGML model at ``input`` to ``output`` with every ``GgmlMatMul`` /
     ``GgmlGather`` in stock operators (``ops``: ``"matmulnbits"`` or ``"qdq"``).
+
+    ``float_zero_points``: Q4_1 / Q4_K linear layers in MatMulNBits with a float zero point
+    (``-min / scale``, within one float32 rounding of ggml's weights) instead of the exact min
+    term (default; onnxruntime's CPU kernel with float zero points is far slower).
 
     ``external_data``: weights in ``<output>.data`` (None: when the input has external data
     or its weights are large). Raises ModelError for a model with no GGML node."""
@@ -234,7 +239,7 @@ def convert_model(input: PathLike, output: PathLike, *, ops: str = MATMULNBITS, 
         external_data = any(is_external(t) for t in model.graph.initializer) or weights > EXTERNAL_DATA_THRESHOLD
     layers: List[PortableLayer] = []
     with ModelWriter(out_path, external_data=external_data) as writer:
-        job = _Conversion(model, model_dir(in_path), ops, writer)
+        job = _Conversion(model, model_dir(in_path), ops, writer, float_zero_points)
         nodes: List[onnx.NodeProto] = []
         bar = _progress(len(ggml), progress)
         try:
