@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -84,6 +85,41 @@ def float_zero_point_error(path: str) -> Optional[Dict[str, float]]:
     if not blocks:
         return None
     return {"max_abs": worst, "max_rel_to_layer_max": worst_rel, "blocks_bit_exact": exact_blocks / blocks}
+
+
+def zero_point_speed(K: int = 576, N: int = 49152, calls: int = 20) -> Dict[str, float]:
+    """Milliseconds per call of one 4-bit MatMulNBits of SmolLM2's head shape on one token,
+    as convert writes it (integer zero point 0, plus the min term's two small MatMuls) and with a
+    float zero point instead: the reason the min term is the default."""
+    from onnxq.ggml.codec import GGMLQuantizer
+    from onnxq.ggml.nodes import make_ggml_matmul_node, onnxq_opset
+    from onnx import TensorProto, helper
+
+    w = (np.random.default_rng(0).standard_normal((N, K)) * 0.05).astype(np.float32)
+    q = GGMLQuantizer("q4_1").quantize(w)
+    g = make_ggml_matmul_node("head", "X", "Y", q.data, quant_type="Q4_1", K=K, N=N, mode="exact")
+    model = helper.make_model(helper.make_graph(
+        [g.node], "head", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, K])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, N])], g.initializers),
+        opset_imports=[helper.make_opsetid("", 17), onnxq_opset()])
+    model.ir_version = 10
+    result: Dict[str, float] = {"load": os.getloadavg()[0]}
+    x = {"X": np.random.default_rng(1).standard_normal((1, K)).astype(np.float32)}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "g.onnx")
+        import onnx
+
+        onnx.save(model, src)
+        for label, float_zp in (("min_term_ms", False), ("float_zero_point_ms", True)):
+            out = os.path.join(tmp, f"{label}.onnx")
+            convert_model(src, out, float_zero_points=float_zp, progress=False)
+            sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+            sess.run(None, x)
+            t = time.perf_counter()
+            for _ in range(calls):
+                sess.run(None, x)
+            result[label] = 1000 * (time.perf_counter() - t) / calls
+    return result
 
 
 def build_variants(src: Path, qtype: str, tmp: Path, tag: str) -> Dict[str, str]:
@@ -180,7 +216,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=1024, help="SmolLM2 perplexity tokens (default 1024)")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode speed (KV-cache twin)")
     ap.add_argument("--out", help="write every number as JSON here")
+    ap.add_argument("--zero-point-speed", action="store_true",
+                    help="only time one head-shaped MatMulNBits with the min term vs a float zero point")
     args = ap.parse_args(argv)
+    if args.zero_point_speed:
+        print(json.dumps(zero_point_speed()))
+        return 0
     rows: List[Dict[str, Any]] = []
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores", flush=True)
     for model in args.models.split(","):
