@@ -332,3 +332,23 @@ def test_constant_block_with_zero_scale_stays_exact(qtype, tmp_path):
     assert report.layers[0].notes == []  # no float zero point
     got = _stock_session(tmp_path / "p.onnx", optimize=False).run(None, {"X": np.eye(512, dtype=np.float32)})[0].T
     assert np.array_equal(got, q.dequantize())
+
+
+def test_accuracy_level_option(decoder, tmp_path):
+    """--accuracy-level 4 writes int8-activation MatMulNBits nodes: close to exact mode, not
+    equal; it is refused for qdq (a session option there) and out of range."""
+    ggml = tmp_path / "ggml.onnx"
+    onnxq.quantize(decoder, ggml, type="q8_0", mode="exact", progress=False)
+    ref = InferenceSession(str(ggml)).run(None, {"input_ids": _ids()})[0]
+    out = tmp_path / "acc4.onnx"
+    convert_model(ggml, out, accuracy_level=4, progress=False)
+    levels = {a.i for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
+    got = _stock_session(out).run(None, {"input_ids": _ids()})[0]
+    rel = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert 0 < rel < 0.05, rel
+    for kwargs in ({"ops": "qdq", "accuracy_level": 4}, {"accuracy_level": 7}):
+        with pytest.raises(ModelError, match="accuracy_level"):
+            convert_model(ggml, tmp_path / "x.onnx", progress=False, **kwargs)
+    assert not os.path.exists(tmp_path / "x.onnx")

@@ -16,6 +16,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="an onnxq GGML model (never modified)")
     parser.add_argument("-o", "--output", required=True, help="where to write the converted model")
     add_portable_options(parser)
+    parser.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4),
+                        help="matmulnbits: the MatMulNBits accuracy_level attribute (default unset: float32 "
+                             "activations, the exact-mode numbers; 4: int8 activations, faster on CPU, measured in "
+                             "docs/portable.md)")
     parser.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                         help="weights in OUTPUT.data (auto: when the input has external data or is large)")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
@@ -30,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     if ops is None:
         raise OnnxqError("convert writes a portable model: pass --portable (and optionally --portable-ops)")
     external = {"auto": None, "yes": True, "no": False}[args.external_data]
-    report = convert_model(args.input, args.output, ops=ops, external_data=external, progress=not args.quiet)
+    report = convert_model(args.input, args.output, ops=ops, external_data=external,
+                           accuracy_level=args.accuracy_level, progress=not args.quiet)
     text = report.table()
     print(text.splitlines()[-1] if args.quiet else text)
     if args.report:

@@ -40,6 +40,8 @@ PORTABLE_OPS = (MATMULNBITS, QDQ)
 MS_DOMAIN = "com.microsoft"
 #: the default-domain opset blocked DequantizeLinear needs
 QDQ_OPSET = 21
+#: MatMulNBits' accuracy levels: 0 unset, 1 float32, 2 float16, 3 bfloat16, 4 int8 activations
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 #: in the name of every node a conversion writes (``onnxq inspect`` groups them by layer)
 NODE_MARK = ".portable"
 
@@ -126,9 +128,15 @@ class Emitter:
     """Builds portable nodes with fresh names; shared helper tensors (the 0/1 group matrices,
     Slice bounds) are made once per model."""
 
-    def __init__(self, ops: str, taken: set, float_zero_points: bool = False) -> None:
+    def __init__(self, ops: str, taken: set, float_zero_points: bool = False,
+                 accuracy_level: Optional[int] = None) -> None:
         self.ops = check_portable_ops(ops)
         self.float_zero_points = float_zero_points
+        if accuracy_level is not None and (ops != MATMULNBITS or accuracy_level not in ACCURACY_LEVELS):
+            raise ModelError(f"accuracy_level must be one of {ACCURACY_LEVELS} and only applies to matmulnbits "
+                             f"(QDQ: the session option session.qdq_matmulnbits_accuracy_level), got {accuracy_level}")
+        #: MatMulNBits' ``accuracy_level`` (None: unset, float32 activations; 4: int8 activations)
+        self.accuracy_level = accuracy_level
         self.taken = taken
         self._shared: Dict[tuple, str] = {}
 
@@ -201,8 +209,9 @@ def matmulnbits_segment(em: Emitter, out: Emitted, x: str, seg: Segment, N: int,
         else:  # integer zero point 0; the min term is added below
             out.tensors.append(Tensor(zp_name, pack4(np.zeros((N, c.groups), np.uint8))))
         inputs.append(zp_name)
+    extra = {} if em.accuracy_level is None else {"accuracy_level": em.accuracy_level}
     y = em.node(out, "MatMulNBits", inputs, f"{base}.MatMulNBits", MS_DOMAIN,
-                K=seg.length, N=N, bits=bits, block_size=c.group)
+                K=seg.length, N=N, bits=bits, block_size=c.group, **extra)
     if c.mins is not None and float_zp is None:
         y = _linear_min_term(em, out, x, y, c, seg.length, base)
     return y

@@ -31,7 +31,7 @@ from ..units import format_bytes
 from .nodes import ATTR_K, ATTR_N, ATTR_QUANT_TYPE, ATTR_TAIL_TYPE, DOMAIN, GATHER_OP, MATMUL_OP, \
     ggml_node_attributes, is_ggml_node
 from .portable import Segment, row_segments
-from .portable_ops import MATMULNBITS, MS_DOMAIN, NODE_MARK, QDQ, QDQ_OPSET, Emitted, Emitter, Tensor, check_portable_ops, \
+from .portable_ops import MATMULNBITS, MS_DOMAIN, NODE_MARK, QDQ, QDQ_OPSET, Emitted, Emitter, Tensor, \
     gather, linear, tied_tables
 
 __all__ = ["PortableLayer", "PortableReport", "convert_model", "PORTABLE_KEY", "NODE_MARK", "portable_record"]
@@ -138,11 +138,11 @@ class _Conversion:
     """State of one conversion: decoded segments of shared blocks, shared tables, the writer."""
 
     def __init__(self, model: onnx.ModelProto, base_dir: str, ops: str, writer: ModelWriter,
-                 float_zero_points: bool = False) -> None:
+                 float_zero_points: bool = False, accuracy_level: Optional[int] = None) -> None:
         self.model, self.base_dir, self.writer = model, base_dir, writer
         taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
         taken |= {i.name for i in model.graph.input} | {n.name for n in model.graph.node}
-        self.em = Emitter(ops, taken, float_zero_points)
+        self.em = Emitter(ops, taken, float_zero_points, accuracy_level)
         self.inits = {t.name: t for t in model.graph.initializer}
         readers: Dict[str, int] = {}
         for node in model.graph.node:
@@ -216,13 +216,16 @@ def _progress(total: int, enabled: bool):
 
 
 def convert_model(input: PathLike, output: PathLike, *, ops: str = MATMULNBITS, external_data: Optional[bool] = None,
-                  float_zero_points: bool = False, progress: bool = True) -> PortableReport:
+                  float_zero_points: bool = False, accuracy_level: Optional[int] = None,
+                  progress: bool = True) -> PortableReport:
     """Write the onnxq GGML model at ``input`` to ``output`` with every ``GgmlMatMul`` /
     ``GgmlGather`` in stock operators (``ops``: ``"matmulnbits"`` or ``"qdq"``).
 
     ``float_zero_points``: Q4_1 / Q4_K linear layers in MatMulNBits with a float zero point
     (``-min / scale``, within one float32 rounding of ggml's weights) instead of the exact min
     term (default; onnxruntime's CPU kernel with float zero points is far slower).
+    ``accuracy_level``: MatMulNBits' attribute (None: unset, float32 activations, exact-mode
+    numbers; 4: activations quantized to int8 blocks, faster on CPU, fast-mode-like numbers).
 
     ``external_data``: weights in ``<output>.data`` (None: when the input has external data
     or its weights are large). Raises ModelError for a model with no GGML node."""
@@ -231,7 +234,7 @@ def convert_model(input: PathLike, output: PathLike, *, ops: str = MATMULNBITS, 
     out_path = check_output_path(in_path, output)
     model = load_model(in_path)
     ggml = _ggml_nodes(model, in_path)
-    check_portable_ops(ops)
+    Emitter(ops, set(), float_zero_points, accuracy_level)  # checks the options before any work
     if ops == QDQ:
         model = _upgrade_for_qdq(model, in_path)
     if external_data is None:
@@ -239,7 +242,7 @@ def convert_model(input: PathLike, output: PathLike, *, ops: str = MATMULNBITS, 
         external_data = any(is_external(t) for t in model.graph.initializer) or weights > EXTERNAL_DATA_THRESHOLD
     layers: List[PortableLayer] = []
     with ModelWriter(out_path, external_data=external_data) as writer:
-        job = _Conversion(model, model_dir(in_path), ops, writer, float_zero_points)
+        job = _Conversion(model, model_dir(in_path), ops, writer, float_zero_points, accuracy_level)
         nodes: List[onnx.NodeProto] = []
         bar = _progress(len(ggml), progress)
         try:
