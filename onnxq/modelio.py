@@ -28,6 +28,8 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: Tensors smaller than this stay inside the .onnx file even when saving with external data.
 SMALL_TENSOR_BYTES = 1024
 _COPY_CHUNK = 64 << 20
+#: data types stored two elements a byte (INT4, UINT4, FLOAT4E2M1)
+_PACKED_4BIT = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, n)}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -96,6 +98,8 @@ def tensor_nbytes(tensor: TensorProto) -> int:
         if "length" in info:
             return int(info["length"])
     count = int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
+    if tensor.data_type in _PACKED_4BIT:  # two elements a byte
+        return (count + 1) // 2
     return count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
@@ -324,6 +328,17 @@ class ModelWriter:
         chunks = (flat[i : i + _COPY_CHUNK].tobytes() for i in range(0, flat.size, _COPY_CHUNK))
         start = self._append(chunks, int(flat.size))
         return self._external_proto(name, data_type, array.shape, start, int(flat.size))
+
+    def raw_tensor_proto(self, name: str, data_type: int, dims, raw: np.ndarray) -> TensorProto:
+        """A TensorProto of ``data_type`` and ``dims`` whose bytes are ``raw`` as given (types
+        numpy has no dtype for, e.g. INT4 / UINT4 packed two per byte)."""
+        flat = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
+        if not self.external_data or flat.size < self.small_tensor_bytes:
+            proto = helper.make_tensor(name, data_type, [int(d) for d in dims], vals=flat.tobytes(), raw=True)
+            return proto
+        chunks = (flat[i : i + _COPY_CHUNK].tobytes() for i in range(0, flat.size, _COPY_CHUNK))
+        start = self._append(chunks, int(flat.size))
+        return self._external_proto(name, data_type, dims, start, int(flat.size))
 
     def copy_tensor(self, tensor: TensorProto, base_dir: Optional[PathLike]) -> TensorProto:
         """Carry an input initializer over unchanged, streaming external bytes in chunks."""

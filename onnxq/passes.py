@@ -50,6 +50,8 @@ class QuantizeOptions:
     auto_data_source: str = ""
     #: auto-mode threshold (None: :data:`onnxq.ggml.modes.DEFAULT_THRESHOLD`)
     auto_threshold: Optional[float] = None
+    #: write the GGML layers as stock onnxruntime ops: ``"matmulnbits"`` or ``"qdq"`` (None: GGML ops)
+    portable: Optional[str] = None
 
 
 class Calibration:

@@ -21,11 +21,13 @@ from .checks import check_input_model
 from .errors import ModelError, RecipeError
 from .fused_ops import FUSED_RULES, unfuse_weights, weights_left_float
 from .ggml.imatrix import ImportanceMatrix, is_imatrix_file
+from .ggml.portable_rewrite import convert_model
 from .ggml.step import GGMLPass
 from .modelio import (
     EXTERNAL_DATA_THRESHOLD,
     ModelWriter,
     check_output_path,
+    external_data_path,
     file_bytes,
     is_external,
     load_model,
@@ -40,6 +42,7 @@ from .recipe import Recipe, load_recipe as _load_recipe, plan, single_type_recip
 from .report import LayerResult, QuantizeReport, summarize_skipped
 from .sites import Analysis, Skipped, find_sites
 from .smoothquant.step import SmoothQuantPass
+from .tempfiles import temp_name
 
 __all__ = ["quantize", "resolve_recipe", "default_recipe", "load_recipe", "PASSES", "DEFAULT_RECIPE",
            "DEFAULT_ENCODER_RECIPE", "VERSION_KEY", "RECIPE_KEY"]
@@ -108,6 +111,7 @@ def quantize(
     external_data: Optional[bool] = None,
     auto_threshold: Optional[float] = None,
     keep: Sequence[str] = (),
+    portable: Optional[str] = None,
     progress: bool = True,
 ) -> QuantizeReport:
     """Quantize the ONNX model at ``input`` into ``output``.
@@ -140,6 +144,10 @@ def quantize(
             output error (None: :data:`onnxq.ggml.modes.DEFAULT_THRESHOLD`).
         keep: globs of node or weight names left in float, over whatever the recipe says
             (:func:`onnxq.recipe.with_keep_rules`).
+        portable: write the GGML layers in stock onnxruntime operators, no onnxq library
+            needed to run the file: ``"matmulnbits"`` (MatMulNBits / GatherBlockQuantized) or
+            ``"qdq"`` (opset-21 blocked DequantizeLinear); the blocks are re-encoded, not
+            re-quantized (:func:`onnxq.ggml.portable_rewrite.convert_model`).
     Returns:
         a :class:`~onnxq.report.QuantizeReport`.
     """
@@ -149,6 +157,7 @@ def quantize(
         calibration_inputs=_calibration_inputs(calibration_data, imatrix_data),
         smoothquant_options=dict(smoothquant_options or {}), awq=awq, threads=threads,
         calibration_batches=calibration_batches, progress=progress, auto_threshold=auto_threshold,
+        portable=portable,
     )
     # a given recipe is checked before any work; the default one needs the model's sites
     chosen = resolve_recipe(type, recipe, mode) if type is not None or recipe is not None else None
@@ -162,7 +171,13 @@ def quantize(
     job.calibration.run()
     for p in passes:
         p.prepare(job)
-    model = _write(job, passes, external_data)
+    if portable is not None:
+        if not job.plan.by_kind(GGML):
+            raise RecipeError(f"--portable re-encodes GGML layers; recipe {job.recipe.name!r} gives none "
+                              "(SmoothQuant output already uses stock operators)")
+        model = _write_portable(job, passes, external_data)
+    else:
+        model = _write(job, passes, external_data)
     return _report(job, model, time.perf_counter() - start)
 
 
@@ -252,6 +267,26 @@ def _write(job: QuantizeJob, passes: List[MethodPass], external_data: Optional[b
     return written
 
 
+def _write_portable(job: QuantizeJob, passes: List[MethodPass], external_data: Optional[bool]) -> onnx.ModelProto:
+    """The GGML model to an onnxq temporary file beside the output, then converted into the
+    output (:func:`~onnxq.ggml.portable_rewrite.convert_model`); the temporary is removed
+    whatever happens. Records both sizes for the report."""
+    final = job.output_path
+    tmp = os.path.join(os.path.dirname(final), temp_name(os.path.basename(final)))
+    job.output_path = tmp
+    try:
+        ggml_model = _write(job, passes, external_data)
+        job.reports["ggml_bytes"] = file_bytes(tmp, ggml_model)
+        convert_model(tmp, final, ops=job.options.portable, external_data=external_data,
+                      progress=job.options.progress)
+    finally:
+        job.output_path = final
+        for path in (tmp, external_data_path(tmp)):
+            if os.path.exists(path):
+                os.remove(path)
+    return load_model(final)
+
+
 def _report_kept(job: QuantizeJob) -> None:
     """LayerResults (and skipped entries) of the sites the plan keeps in float; a float
     table read by two sites counts once."""
@@ -288,4 +323,6 @@ def _report(job: QuantizeJob, model: onnx.ModelProto, seconds: float) -> Quantiz
         awq=job.reports.get("awq"),
         notes=job.notes,
         modes=job.reports.get("modes"),
+        portable_ops=job.options.portable,
+        ggml_bytes=job.reports.get("ggml_bytes", 0),
     )

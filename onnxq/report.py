@@ -90,6 +90,10 @@ class QuantizeReport:
     modes: Any = None
     #: a budget run's allocation (:class:`onnxq.budget.BudgetReport`)
     budget: Any = None
+    #: ``--portable`` runs: the stock operators written (``matmulnbits`` / ``qdq``) and the
+    #: size of the GGML file the portable one was converted from
+    portable_ops: Optional[str] = None
+    ggml_bytes: int = 0
 
     # -- summaries
     def by_method(self) -> List[TypeSummary]:
@@ -149,6 +153,10 @@ class QuantizeReport:
             )
         ratio = f" ({self.size_ratio:.2f}x smaller)" if self.size_ratio else ""
         lines.append(f"model file: {format_bytes(self.input_bytes)} -> {format_bytes(self.output_bytes)}{ratio}")
+        if self.portable_ops:
+            lines.append(f"portable ({self.portable_ops}, stock onnxruntime ops): {format_bytes(self.output_bytes)}; "
+                         f"the GGML file would be {format_bytes(self.ggml_bytes)} "
+                         f"({self.output_bytes / max(1, self.ggml_bytes):.3f}x)")
         if self.modes:
             fast = sum(c.mode == "fast" for c in self.modes.values())
             threshold = next(iter(self.modes.values())).threshold
@@ -182,6 +190,8 @@ class QuantizeReport:
             "smoothquant": self.smoothquant.to_dict() if self.smoothquant is not None else None,
             "awq": self.awq.to_dict() if self.awq is not None else None,
             "budget": self.budget.to_dict() if self.budget is not None else None,
+            "portable_ops": self.portable_ops,
+            "ggml_bytes": self.ggml_bytes or None,
         }
 
     def layer_table(self) -> str:

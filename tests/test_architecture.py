@@ -26,10 +26,12 @@ FLOORS = {
     "onnxq.runtime": FLOOR, "onnxq.checks": FLOOR, "onnxq.model_inputs": FLOOR, "onnxq.text_inputs": FLOOR,
     "onnxq.norms": FLOOR, "onnxq.roles": FLOOR, "onnxq.fused_ops": FLOOR,
     "onnxq.ggml": WING, "onnxq.smoothquant": WING,
+    # portable export (issue 11) lives in the GGML wing: it re-encodes GGML blocks
+    "onnxq.ggml.portable": WING, "onnxq.ggml.portable_ops": WING, "onnxq.ggml.portable_rewrite": WING,
     "onnxq.pipeline": TOP, "onnxq.inspect_model": TOP, "onnxq.evaluate": TOP, "onnxq.zoo": TOP,
     "onnxq.convert": TOP, "onnxq.gguf": TOP, "onnxq.budget": TOP, "onnxq.portable": TOP,
     "onnxq.mixed_precision": TOP,
-    "onnxq.cli": CLI, "onnxq.commands": CLI, "onnxq.__main__": CLI,
+    "onnxq.cli": CLI, "onnxq.commands": CLI, "onnxq.__main__": CLI, "onnxq.commands.convert": CLI,
 }
 WINGS = ("onnxq.ggml", "onnxq.smoothquant")
 

@@ -164,18 +164,8 @@ def _decode_speed(args: argparse.Namespace, recipe, out_path: str, progress: boo
     }
     tok = zoo.load_tokenizer(args.model)
     prompt = tok.encode(DECODE_PROMPT)
-    best = {}
-    texts = {}
-    for name, sess in sessions.items():  # warm-up
-        zoo.greedy_generate(sess, prompt, 4)
-    for _ in range(DECODE_REPEATS):  # interleaved, so both see the same machine load
-        for name, sess in sessions.items():
-            t = time.perf_counter()
-            new = zoo.greedy_generate(sess, prompt, DECODE_TOKENS)
-            dt = time.perf_counter() - t
-            best[name] = min(best.get(name, dt), dt)
-            texts[name] = new
-    fps, qps = DECODE_TOKENS / best["float"], DECODE_TOKENS / best["quantized"]
+    speed, texts = zoo.time_greedy(sessions, prompt, DECODE_TOKENS, DECODE_REPEATS)
+    fps, qps = speed["float"], speed["quantized"]
     return {
         "model": kv_name, "quantized_path": kv_out, "prompt": DECODE_PROMPT, "tokens": DECODE_TOKENS,
         "float_tokens_per_second": fps, "quantized_tokens_per_second": qps, "speedup": qps / fps,

@@ -87,10 +87,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-type", choices=("uint8", "int8"),
                         help="SmoothQuant int8 weight storage: uint8 with zero point 128 (default; u8u8 kernels, "
                              "never saturate) or int8 (u8s8 kernels: faster, may saturate on CPUs without VNNI)")
+    add_portable_options(parser)
     parser.add_argument("--threads", type=int, metavar="N", help="threads for packing (default: all cores)")
     parser.add_argument("--report", metavar="FILE.json", help="also write the full report as JSON")
     parser.add_argument("--list-presets", action="store_true", help="list the built-in recipes and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def add_portable_options(parser: argparse.ArgumentParser) -> None:
+    """``--portable`` / ``--portable-ops`` (shared with ``onnxq convert``)."""
+    parser.add_argument("--portable", action="store_true",
+                        help="write the GGML layers in stock onnxruntime operators (the file runs with no onnxq "
+                             "library: other execution providers, onnxruntime-web, apps that cannot load one); the "
+                             "blocks are re-encoded on the same grid, see docs/portable.md")
+    parser.add_argument("--portable-ops", choices=("matmulnbits", "qdq"),
+                        help="with --portable: matmulnbits (default: com.microsoft MatMulNBits for linear layers, "
+                             "GatherBlockQuantized for embeddings) or qdq (standard ONNX: opset-21 blocked "
+                             "DequantizeLinear feeding MatMul / Gather)")
+
+
+def portable_choice(args: argparse.Namespace):
+    """The portable target the flags ask for, or None."""
+    from ..errors import OnnxqError
+
+    if args.portable_ops and not args.portable:
+        raise OnnxqError("--portable-ops is an option of --portable")
+    return (args.portable_ops or "matmulnbits") if args.portable else None
 
 
 def _list_presets() -> int:
@@ -114,7 +136,13 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxqError(f"--calib-batches must be >= 1, got {args.calib_batches}")
     if args.awq_explicit_mul and not args.awq:
         raise OnnxqError("--awq-explicit-mul is an option of --awq")
+    portable = portable_choice(args)
+    if portable and args.method == "smoothquant":
+        raise OnnxqError("--portable re-encodes GGML layers; --method smoothquant already writes stock operators")
     if args.target_bpw is not None or args.target_size is not None:
+        if portable:
+            raise OnnxqError("--portable does not go with --target-bpw/--target-size yet: quantize to the budget, "
+                             "then `onnxq convert IN -o OUT --portable`")
         return _run_budget(args)
     if args.save_recipe:
         raise OnnxqError("--save-recipe writes the mix a --target-bpw/--target-size run chose")
@@ -157,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_batches=args.calib_batches,
         auto_threshold=args.auto_threshold,
         keep=args.keep,
+        portable=portable,
         progress=not args.quiet,
     )
     _print_report(args, report)

@@ -67,6 +67,7 @@ def evaluate(
     seed: int = 0,
     repeat: int = outputs_eval.DEFAULT_REPEAT,
     threads: int = 0,
+    session_config: Optional[Mapping[str, str]] = None,
     progress: bool = True,
 ) -> EvalReport:
     """Compare each candidate with the reference on the same inputs.
@@ -77,15 +78,16 @@ def evaluate(
     the reference's ``onnxq.model.kind`` metadata, outputs when unknown. ``tokenizer``: a
     ``tokenizers.Tokenizer`` or tokenizer.json path; default onnxq.zoo's for the model family.
     Every model also gets its wall time on the same work (``threads`` intra-op threads,
-    0 = onnxruntime's default).
+    0 = onnxruntime's default). ``session_config``: onnxruntime session config entries for
+    every model (e.g. ``{"session.qdq_matmulnbits_accuracy_level": "0"}``).
     """
     cand_paths = [candidates] if isinstance(candidates, (str, os.PathLike)) else list(candidates)
     if not cand_paths:
         raise OnnxqError("no candidate model: give at least one model to compare with the reference")
     if task not in (None, "auto", *TASKS):  # before the (slow) sessions are created
         raise OnnxqError(f"unknown task {task!r}: expected one of auto, {', '.join(TASKS)}")
-    ref = open_model(reference, threads)
-    cands = [open_model(p, threads) for p in cand_paths]
+    ref = open_model(reference, threads, session_config)
+    cands = [open_model(p, threads, session_config) for p in cand_paths]
     task_name, task_source = detect_task(ref, task, tokenizer is not None)
 
     settings: dict[str, Any] = {

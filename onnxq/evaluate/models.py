@@ -153,12 +153,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+def session_options(threads: int = 0, config: Optional[Mapping[str, str]] = None) -> ort.SessionOptions:
     """Options shared by every model of one evaluation: ``threads`` intra-op threads
-    (0 = onnxruntime's default, one per physical core)."""
+    (0 = onnxruntime's default, one per physical core) and onnxruntime session config
+    entries (e.g. ``session.qdq_matmulnbits_accuracy_level``)."""
     if threads < 0:
         raise ModelError(f"threads must be >= 0, got {threads}")
     options = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(str(key), str(value))
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     # Fatal only: run errors reach the user once, as the exception evaluation turns into a
@@ -171,7 +174,7 @@ def _specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(a.name, a.type, tuple(a.shape)) for a in args)
 
 
-def open_model(path: PathLike, threads: int = 0) -> TimedModel:
+def open_model(path: PathLike, threads: int = 0, config: Optional[Mapping[str, str]] = None) -> TimedModel:
     """Validate ``path`` and create its session with onnxq's custom ops registered.
 
     The session is the up-front check: when onnxruntime refuses the model,
@@ -181,7 +184,7 @@ def open_model(path: PathLike, threads: int = 0) -> TimedModel:
     """
     path = check_model_file(path)
     try:
-        session = runtime.InferenceSession(path, session_options(threads), ["CPUExecutionProvider"])
+        session = runtime.InferenceSession(path, session_options(threads, config), ["CPUExecutionProvider"])
     except OnnxqError:
         raise  # e.g. the op library is missing: the runtime's message says what to do
     except Exception as exc:

@@ -17,6 +17,7 @@ from ..recipe import Recipe
 from .awq import AWQConfig, apply_awq, awq_tensors
 from .imatrix import ImportanceMatrix, as_imatrix, imatrix_from_stats, is_imatrix_file
 from .modes import DEFAULT_THRESHOLD, SAMPLE_ROWS, check_threshold
+from .portable_ops import check_portable_ops
 from .rewrite import default_quantizer, run_ggml_pass
 
 __all__ = ["GGMLPass", "IMATRIX_KEY", "AWQ_KEY", "MODES_KEY"]
@@ -86,6 +87,8 @@ class GGMLPass(MethodPass):
             self.awq = None
         if o.auto_threshold is not None:
             self.threshold = check_threshold(o.auto_threshold)
+        if o.portable is not None:
+            check_portable_ops(o.portable)
         if self._auto_sites(job) and o.auto_data is None:
             from .modes import resolve_without_data
 

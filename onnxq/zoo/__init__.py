@@ -19,7 +19,7 @@ from typing import Union
 
 from ..errors import ModelError
 from .checkpoints import CheckpointNotFoundError
-from .generation import empty_past, greedy_generate, sample_generate
+from .generation import empty_past, greedy_generate, sample_generate, time_greedy
 from .metadata import read_metadata
 from .pooling import l2_normalize, mean_pool
 from .registry import ModelSpec, available, build, cache_dir, cache_path, cached, ensure, spec
@@ -30,7 +30,7 @@ FAMILIES = ("smollm2-135m", "all-minilm-l6-v2")
 __all__ = [
     "available", "build", "ensure", "cache_dir", "cache_path", "cached", "spec", "ModelSpec",
     "load_tokenizer", "ZooTokenizer", "mean_pool", "l2_normalize", "read_metadata",
-    "greedy_generate", "sample_generate", "empty_past", "CheckpointNotFoundError", "FAMILIES",
+    "greedy_generate", "sample_generate", "time_greedy", "empty_past", "CheckpointNotFoundError", "FAMILIES",
 ]
 
 

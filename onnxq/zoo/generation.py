@@ -1,7 +1,8 @@
 """Greedy decoding with a zoo causal LM (full-sequence or KV-cache variant) in onnxruntime."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import time
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -130,3 +131,21 @@ class _PrefixStepper:
     def step(self, ids: Sequence[int]) -> np.ndarray:
         self.ids.extend(int(i) for i in ids)
         return self.session.run(["logits"], prefill_feeds(self.session, self.ids))[0][0, -1]
+
+
+def time_greedy(sessions: Mapping[str, Any], prompt: Sequence[int], tokens: int,
+                repeats: int = 3) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Greedy decoding speed of several sessions on one prompt: after a short warm-up each,
+    ``repeats`` rounds interleaved (so all see the same machine load), the best time each.
+    Returns ({name: tokens per second}, {name: the generated ids})."""
+    best: dict[str, float] = {}
+    texts: dict[str, list[int]] = {}
+    for sess in sessions.values():  # warm-up
+        greedy_generate(sess, prompt, 4)
+    for _ in range(repeats):
+        for name, sess in sessions.items():
+            t = time.perf_counter()
+            texts[name] = greedy_generate(sess, prompt, tokens)
+            dt = time.perf_counter() - t
+            best[name] = min(best.get(name, dt), dt)
+    return {name: tokens / seconds for name, seconds in best.items()}, texts
