@@ -63,6 +63,16 @@ def relative_rule(name, choice, threshold):
     return choose_mode(name, choice.exact_error, choice.fast_error, threshold).mode
 
 
+def absolute_rule(name, choice, threshold):
+    """Fast where fast mode adds less than ``threshold`` to the layer's relative output
+    error itself (not relative to the exact error: the rounding of the activations adds the
+    same error whatever the weight type, and the model pays for it whatever the type)."""
+    return "fast" if choice.fast_error - choice.exact_error < threshold else "exact"
+
+
+RULES = {"relative": relative_rule, "absolute": absolute_rule}
+
+
 def sweep(model: str, path: str, batches, source: str, recipe_name: str, thresholds, out_dir: str,
           max_tokens: int, rule=relative_rule):
     """Quantize ``path`` with ``recipe_name`` in auto / all-exact / all-fast / each threshold
@@ -151,6 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-recipes", default="q4_k_m,q4_0,q6_k,q8_0")
     ap.add_argument("--encoder-recipes", default="encoder-q6")
     ap.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS))
+    ap.add_argument("--rule", choices=sorted(RULES), default="relative",
+                    help="relative: what fast mode adds over the exact error (the rule before this sweep); "
+                         "absolute: what it adds to the relative output error")
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--cache-dir", default=os.environ.get("ONNXQ_CACHE_DIR", tempfile.gettempdir()),
                     help="where the calibration batches are kept between runs")
@@ -164,7 +177,9 @@ def main(argv=None) -> int:
             path, batches, source = calibration(model, args.cache_dir)
             recipes = args.lm_recipes if "smollm2" in model else args.encoder_recipes
             for recipe in recipes.split(","):
-                results.append(sweep(model, path, batches, source, recipe, thresholds, tmp, args.max_tokens))
+                results.append(sweep(model, path, batches, source, recipe, thresholds, tmp, args.max_tokens,
+                                     RULES[args.rule]))
+                results[-1]["rule"] = args.rule
                 _print(results[-1])
                 if args.json:
                     with open(args.json, "w") as fh:
