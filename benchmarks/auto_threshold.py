@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0)
+THRESHOLDS = (5e-5, 1e-4, 1.5e-4, 2e-4, 3e-4)
 
 
 def _with_modes(recipe, modes):
@@ -56,25 +56,29 @@ def _variants(measured, types, thresholds, rule):
     return variants
 
 
-def relative_rule(name, choice, threshold):
-    """The rule onnxq.ggml.modes applies: fast where it adds < threshold x the exact error."""
+def added_rule(name, choice, threshold):
+    """The rule onnxq.ggml.modes applies: fast where fast mode adds less than ``threshold``
+    to the layer's relative output error, the LM head's added error counted HEAD_WEIGHT times."""
     from onnxq.ggml.modes import choose_mode
 
-    return choose_mode(name, choice.exact_error, choice.fast_error, threshold).mode
+    return choose_mode(name, choice.exact_error, choice.fast_error, threshold, choice.weight).mode
 
 
-def absolute_rule(name, choice, threshold):
-    """Fast where fast mode adds less than ``threshold`` to the layer's relative output
-    error itself (not relative to the exact error: the rounding of the activations adds the
-    same error whatever the weight type, and the model pays for it whatever the type)."""
+def unweighted_rule(name, choice, threshold):
+    """The added error, every layer alike (the head included)."""
     return "fast" if choice.fast_error - choice.exact_error < threshold else "exact"
 
 
-RULES = {"relative": relative_rule, "absolute": absolute_rule}
+def relative_rule(name, choice, threshold):
+    """The rule before this sweep: fast where it adds < threshold x the exact error."""
+    return "fast" if choice.fast_error - choice.exact_error < threshold * choice.exact_error else "exact"
+
+
+RULES = {"added": added_rule, "unweighted": unweighted_rule, "relative": relative_rule}
 
 
 def sweep(model: str, path: str, batches, source: str, recipe_name: str, thresholds, out_dir: str,
-          max_tokens: int, rule=relative_rule):
+          max_tokens: int, rule=added_rule):
     """Quantize ``path`` with ``recipe_name`` in auto / all-exact / all-fast / each threshold
     and evaluate all in one run; returns the rows and the per-layer measurement."""
     import onnxq
@@ -161,9 +165,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-recipes", default="q4_k_m,q4_0,q6_k,q8_0")
     ap.add_argument("--encoder-recipes", default="encoder-q6")
     ap.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS))
-    ap.add_argument("--rule", choices=sorted(RULES), default="relative",
-                    help="relative: what fast mode adds over the exact error (the rule before this sweep); "
-                         "absolute: what it adds to the relative output error")
+    ap.add_argument("--rule", choices=sorted(RULES), default="added",
+                    help="added (onnxq's rule): what fast mode adds to the relative output error, the LM head's "
+                         "x HEAD_WEIGHT; unweighted: the same without the head's weight; relative: what it adds "
+                         "over the exact error (the rule before this sweep)")
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--cache-dir", default=os.environ.get("ONNXQ_CACHE_DIR", tempfile.gettempdir()),
                     help="where the calibration batches are kept between runs")

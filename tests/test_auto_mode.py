@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from graph_factory import tiny_decoder
 from onnxq import quantize
 from onnxq.errors import RecipeError
-from onnxq.ggml.modes import DEFAULT_THRESHOLD, choose_mode
+from onnxq.ggml.modes import DEFAULT_THRESHOLD, HEAD_WEIGHT, choose_mode
 from onnxq.inspect_model import inspect_model
 from onnxq.modelio import load_model
 
@@ -50,12 +50,17 @@ def test_auto_measures_each_layer_and_records_why(outlier_model, tmp_path):
     assert report.recipe.mode == "auto" and len(report.modes) == 15
     written = _modes(out)
     for name, choice in report.modes.items():
-        assert written[name] == choice.mode == choose_mode(name, choice.exact_error, choice.fast_error, DEFAULT_THRESHOLD).mode
+        again = choose_mode(name, choice.exact_error, choice.fast_error, DEFAULT_THRESHOLD, choice.weight)
+        assert written[name] == choice.mode == again.mode
     # the outlier channel makes fast mode costly on the layers that read the embedding ...
     q0 = report.modes["/model/layers.0/self_attn/q_proj/MatMul"]
     assert q0.mode == "exact" and q0.added > 10 * DEFAULT_THRESHOLD
     # ... and nearly free on the others
     assert sum(c.mode == "fast" for c in report.modes.values()) >= 5
+    # the LM head's added error counts HEAD_WEIGHT times: its error is the logits' error
+    head = report.modes["/lm_head/MatMul"]
+    assert head.weight == HEAD_WEIGHT and head.added < DEFAULT_THRESHOLD <= HEAD_WEIGHT * head.added
+    assert head.mode == "exact" and "LM head" in head.reason
     layers = {l.name: l for l in report.layers}
     assert layers[q0.site].mode_reason == q0.reason and "auto: 8-bit activations add" in q0.reason
     assert "mode auto:" in report.table()
