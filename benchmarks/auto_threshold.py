@@ -41,11 +41,12 @@ def _with_modes(recipe, modes):
     return dataclasses.replace(recipe, rules=tuple(rules))
 
 
-def _variants(measured, types, thresholds, rule):
+def _variants(measured, types, thresholds, rule, all_fast=True):
     """{label: {layer: (type, mode)}} for all-exact, all-fast and each threshold; thresholds
     giving the same split are one variant labelled with all of them."""
-    variants = {"all exact": {n: (t, "exact") for n, t in types.items()},
-                "all fast": {n: (t, "fast") for n, t in types.items()}}
+    variants = {"all exact": {n: (t, "exact") for n, t in types.items()}}
+    if all_fast:
+        variants["all fast"] = {n: (t, "fast") for n, t in types.items()}
     by_split = {}
     for t in thresholds:
         modes = {n: (types[n], rule(n, c, t)) for n, c in measured.items()}
@@ -78,7 +79,7 @@ RULES = {"added": added_rule, "unweighted": unweighted_rule, "relative": relativ
 
 
 def sweep(model: str, path: str, batches, source: str, recipe_name: str, thresholds, out_dir: str,
-          max_tokens: int, rule=added_rule):
+          max_tokens: int, rule=added_rule, all_fast: bool = True):
     """Quantize ``path`` with ``recipe_name`` in auto / all-exact / all-fast / each threshold
     and evaluate all in one run; returns the rows and the per-layer measurement."""
     import onnxq
@@ -90,7 +91,7 @@ def sweep(model: str, path: str, batches, source: str, recipe_name: str, thresho
     layers = {l.name: l for l in report.layers if l.mode}
     types = {n: l.method for n, l in layers.items()}
     macs = {n: l.K * l.N for n, l in layers.items()}
-    variants = _variants(report.modes, types, thresholds, rule)
+    variants = _variants(report.modes, types, thresholds, rule, all_fast)
     recipe = resolve_recipe(None, recipe_name, "exact")
     outs = {}
     for i, (label, modes) in enumerate(variants.items()):
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
                     help="added (onnxq's rule): what fast mode adds to the relative output error, the LM head's "
                          "x HEAD_WEIGHT; unweighted: the same without the head's weight; relative: what it adds "
                          "over the exact error (the rule before this sweep)")
+    ap.add_argument("--no-all-fast", action="store_true", help="skip the all-fast variant (to confirm one threshold)")
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--cache-dir", default=os.environ.get("ONNXQ_CACHE_DIR", tempfile.gettempdir()),
                     help="where the calibration batches are kept between runs")
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
             recipes = args.lm_recipes if "smollm2" in model else args.encoder_recipes
             for recipe in recipes.split(","):
                 results.append(sweep(model, path, batches, source, recipe, thresholds, tmp, args.max_tokens,
-                                     RULES[args.rule]))
+                                     RULES[args.rule], not args.no_all_fast))
                 results[-1]["rule"] = args.rule
                 _print(results[-1])
                 if args.json:
