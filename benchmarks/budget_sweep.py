@@ -10,6 +10,13 @@ types only, and evaluated in one run: perplexity on the evaluation corpus (SmolL
 mean cosine over the 64 evaluation sentences (MiniLM).
 
     python benchmarks/budget_sweep.py [--models smollm2-135m,all-minilm-l6-v2] [--plot budget_sweep.png]
+        [--cache-dir DIR (keep the cost tables)] [--eval-chunk 5] [--also earlier.json]
+
+The measured tables (docs/budget.md) came from
+    python benchmarks/budget_sweep.py --models all-minilm-l6-v2 --json minilm.json
+    python benchmarks/budget_sweep.py --models smollm2-135m --lm-presets q4_k_m,q5_k_m,q6_k,q4_k,q8_0 \
+        --extra-bpw '' --no-llamacpp-bpw --max-tokens 2048 --eval-chunk 4 --also minilm.json \
+        --plot docs/budget_sweep.png
 """
 from __future__ import annotations
 
