@@ -144,8 +144,8 @@ def plot(results, path: str) -> None:
                     ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("bits per weight")
         ax.set_ylabel("Δ perplexity vs float32 (%)" if lm else "mean cosine vs float32")
-        if lm:
-            ax.set_yscale("log")
+        if lm:  # symlog: a mix can be lossless (0 %), e.g. SmolLM2's Q4_1-dequantized weights in Q4_1
+            ax.set_yscale("symlog", linthresh=0.1)
         ax.set_title(res["model"])
         ax.legend()
         ax.grid(alpha=0.3)
