@@ -10,6 +10,13 @@ types only, and evaluated in one run: perplexity on the evaluation corpus (SmolL
 mean cosine over the 64 evaluation sentences (MiniLM).
 
     python benchmarks/budget_sweep.py [--models smollm2-135m,all-minilm-l6-v2] [--plot budget_sweep.png]
+        [--cache-dir DIR (keep the cost tables)] [--eval-chunk 5] [--also earlier.json]
+
+The measured tables (docs/budget.md) came from
+    python benchmarks/budget_sweep.py --models all-minilm-l6-v2 --json minilm.json
+    python benchmarks/budget_sweep.py --models smollm2-135m --lm-presets q4_k_m,q5_k_m,q6_k,q4_k,q8_0 \
+        --extra-bpw '' --no-llamacpp-bpw --max-tokens 2048 --eval-chunk 4 --also minilm.json \
+        --plot docs/budget_sweep.png
 """
 from __future__ import annotations
 
@@ -26,27 +33,60 @@ LLAMACPP_BPW = {"llama.cpp Q4_K_M": 6.16, "llama.cpp Q6_K": 8.12}
 EXTRA_BPW = (4.8, 5.5, 7.0)
 
 
-def run(model: str, out_dir: str, max_tokens: int):
+def _costs(path: str, batches, source: str, cache: str):
+    """The cost table of ``path``, measured once and kept in ``cache`` (a pickle: ~20 min
+    of model runs for SmolLM2 on a loaded machine)."""
+    import pickle
+
+    from onnxq.budget import measure_costs
+
+    if cache and os.path.exists(cache):
+        with open(cache, "rb") as fh:
+            return pickle.load(fh)
+    table = measure_costs(path, batches, data_source=source)
+    if cache:
+        with open(cache, "wb") as fh:
+            pickle.dump(table, fh)
+    return table
+
+
+def _evaluate(path: str, rows, chunk: int, **kw):
+    """Evaluate every row's model, ``chunk`` candidates a run (14 SmolLM2 sessions at
+    once took 7 GB and were killed on a shared 23 GB machine); metrics into the rows."""
+    from onnxq.evaluate import evaluate
+
+    reference = None
+    for i in range(0, len(rows), chunk):
+        part = rows[i:i + chunk]
+        ev = evaluate(path, [r["path"] for r in part], **kw)
+        reference = ev.reference.metrics
+        for r, cand in zip(part, ev.candidates):
+            r.update(cand.metrics)
+            del r["path"]
+    return reference
+
+
+def run(model: str, out_dir: str, max_tokens: int, presets=None, extra_bpw=EXTRA_BPW, llamacpp=True,
+        chunk: int = 5, cache: str = ""):
     import onnxq
     from onnxq import zoo
-    from onnxq.budget import measure_costs, quantize_to_budget
-    from onnxq.evaluate import evaluate
+    from onnxq.budget import quantize_to_budget
     from onnxq.zoo.calibration import default_batches
 
     path = str(zoo.ensure(model))
     lm = "smollm2" in model
     batches, source = default_batches(path)
-    table = measure_costs(path, batches, data_source=source)
+    table = _costs(path, batches, source, cache)
     rows = []
-    for preset in (LM_PRESETS if lm else ENCODER_PRESETS):
+    for preset in presets or (LM_PRESETS if lm else ENCODER_PRESETS):
         out = os.path.join(out_dir, f"{model}.{preset}.onnx")
         r = onnxq.quantize(path, out, recipe=preset, mode="exact", progress=False)
         rows.append({"variant": preset, "kind": "preset", "path": out, "bpw": r.bits_per_weight})
     targets = {f"budget @ {r['variant']}": r["bpw"] for r in rows if r["variant"] in ("q4_k_m", "q5_k_m", "q6_k",
                                                                                       "encoder-q5", "encoder-q6")}
-    if lm:
+    if lm and llamacpp:
         targets.update({f"budget @ {k}": v for k, v in LLAMACPP_BPW.items()})
-    targets.update({f"budget {b:g}": b for b in EXTRA_BPW})
+    targets.update({f"budget {b:g}": b for b in extra_bpw})
     for label, bpw in targets.items():
         out = os.path.join(out_dir, f"{model}.{label.replace(' ', '_').replace('@', 'at')}.onnx")
         r = quantize_to_budget(path, out, target_bpw=bpw, calibration_data=batches, costs=table, mode="exact",
@@ -54,11 +94,10 @@ def run(model: str, out_dir: str, max_tokens: int):
         rows.append({"variant": label, "kind": "budget", "path": out, "bpw": r.bits_per_weight,
                      "predicted": r.budget.predicted, "measured": r.budget.measured})
     kw = {"max_tokens": max_tokens} if lm else {}
-    ev = evaluate(path, [r["path"] for r in rows], **kw)
-    for r, cand in zip(rows, ev.candidates):
-        r.update(cand.metrics)
-        del r["path"]
-    return {"model": model, "data": source, "reference": ev.reference.metrics, "rows": rows,
+    reference = _evaluate(path, rows, chunk, **kw)
+    rows = [{k: v for k, v in r.items() if isinstance(v, (int, float, str))} for r in rows]
+    return {"model": model, "data": source, "reference": {k: v for k, v in reference.items()
+                                                          if isinstance(v, (int, float))}, "rows": rows,
             "proxy_correlation": table.proxy_correlation(), "proxy_ratio": table.proxy_ratio(),
             "validation_runs": len(table.validation)}
 
@@ -105,8 +144,8 @@ def plot(results, path: str) -> None:
                     ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("bits per weight")
         ax.set_ylabel("Δ perplexity vs float32 (%)" if lm else "mean cosine vs float32")
-        if lm:
-            ax.set_yscale("log")
+        if lm:  # symlog: a mix can be lossless (0 %), e.g. SmolLM2's Q4_1-dequantized weights in Q4_1
+            ax.set_yscale("symlog", linthresh=0.1)
         ax.set_title(res["model"])
         ax.legend()
         ax.grid(alpha=0.3)
@@ -121,15 +160,27 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--plot", default="budget_sweep.png")
     ap.add_argument("--json")
+    ap.add_argument("--lm-presets", default=",".join(LM_PRESETS))
+    ap.add_argument("--extra-bpw", default=",".join(f"{b:g}" for b in EXTRA_BPW), help="more budgets ('' for none)")
+    ap.add_argument("--no-llamacpp-bpw", action="store_true", help="no budgets at llama.cpp's file sizes")
+    ap.add_argument("--eval-chunk", type=int, default=5, help="candidates evaluated in one run (memory)")
+    ap.add_argument("--cache-dir", default="", help="keep each model's cost table here and reuse it")
+    ap.add_argument("--also", help="results JSON of an earlier run to add to the plot (e.g. the other model)")
     args = ap.parse_args(argv)
     results = []
+    extra = [float(b) for b in args.extra_bpw.split(",") if b]
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            results.append(run(model, tmp, args.max_tokens))
+            cache = os.path.join(args.cache_dir, f"{model}.costs.pkl") if args.cache_dir else ""
+            results.append(run(model, tmp, args.max_tokens, args.lm_presets.split(",") if "smollm2" in model else None,
+                               extra, not args.no_llamacpp_bpw, args.eval_chunk, cache))
             _print(results[-1])
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump(results, fh, indent=2)
+    if args.also:
+        with open(args.also) as fh:
+            results.extend(json.load(fh))
     plot(results, args.plot)
     return 0
 

@@ -470,7 +470,7 @@ def _modes(input, table: CostTable, choice, data, mode, threshold, progress) -> 
     """The mode of every quantized linear layer ({site: mode}, {site: reason}): ``mode``
     for all, or with ``auto`` (None) the auto rule on the chosen types."""
     from .calibrate import calibrate
-    from .ggml.modes import DEFAULT_THRESHOLD, choose_mode, measure_mode_errors
+    from .ggml.modes import DEFAULT_THRESHOLD, choose_mode, measure_mode_errors, role_weight
     from .ggml.sensitivity import candidate_tail
     from .modelio import load_model, model_dir
     from .sites import ModelGraph, find_sites, weight_matrix_kn
@@ -495,7 +495,7 @@ def _modes(input, table: CostTable, choice, data, mode, threshold, progress) -> 
         site = linear[name]
         exact, fast = measure_mode_errors(weight_matrix_kn(graph, site, model_dir(path)), qtype,
                                           candidate_tail(qtype, site.K), stats[site.input].samples)
-        c = choose_mode(name, exact, fast, t)
+        c = choose_mode(name, exact, fast, t, role_weight(site.role))
         modes[name], reasons[name] = c.mode, c.reason
     return modes, reasons
 

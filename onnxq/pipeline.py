@@ -140,7 +140,7 @@ def quantize(
         threads: codec threads (None: all cores).
         external_data: store weights in ``<output>.data`` (None: when the input does or
             the weights are large).
-        auto_threshold: fast where fast mode adds less than this fraction to a layer's
+        auto_threshold: fast where fast mode adds less than this to a layer's relative
             output error (None: :data:`onnxq.ggml.modes.DEFAULT_THRESHOLD`).
         keep: globs of node or weight names left in float, over whatever the recipe says
             (:func:`onnxq.recipe.with_keep_rules`).

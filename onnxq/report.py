@@ -160,8 +160,8 @@ class QuantizeReport:
         if self.modes:
             fast = sum(c.mode == "fast" for c in self.modes.values())
             threshold = next(iter(self.modes.values())).threshold
-            lines.append(f"mode auto: {fast} of {len(self.modes)} layers fast (fast mode adds < {threshold:.0%} to "
-                         f"their output error), {len(self.modes) - fast} exact")
+            lines.append(f"mode auto: {fast} of {len(self.modes)} layers fast (fast mode adds < {threshold:.2g} to "
+                         f"their relative output error), {len(self.modes) - fast} exact")
         if self.awq is not None:
             lines.append(self.awq.summary())
         lines.extend(f"note: {n}" for n in self.notes)

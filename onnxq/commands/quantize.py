@@ -43,8 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "--calib data or, without it, self-generated text / shipped sentences), exact (float "
                              "activations) or fast (activations quantized to 8-bit blocks, as ggml)")
     parser.add_argument("--auto-threshold", type=float, metavar="F",
-                        help="mode auto: fast where it adds less than this fraction to a layer's output error "
-                             "(default 0.25, measured: docs/budget.md)")
+                        help="mode auto: fast where it adds less than F to a layer's relative output error "
+                             "||XW - X'Q(W)||^2/||XW||^2 (default: onnxq.ggml.modes.DEFAULT_THRESHOLD, "
+                             "measured: docs/budget.md)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--target-bpw", type=float, metavar="B",
                         help="mixed precision within B bits per weight (every quantized weight, embeddings "

@@ -9,9 +9,21 @@ codec round trip (:class:`~onnxq.ggml.awq.GroupErrorModel`)::
 
     e_mode = ||X W - X_mode Q(W)||^2 / ||X W||^2
 
-and chooses fast where ``(e_fast - e_exact) / e_exact`` (what fast mode adds, relative to
-the layer's own weight error) is below a threshold. The default threshold is the one the
-sweep in ``benchmarks/auto_threshold.py`` measured (docs/budget.md).
+and chooses fast where ``e_fast - e_exact``, what the rounding of the activations adds to
+the layer's relative output error, is below a threshold. The added error, not the added
+error relative to ``e_exact``: the rounding of X adds about the same error whatever the
+weight type (it depends on X and on the block size of the activation type: Q8_K's 256 for
+K-quants, Q8_0's 32 otherwise), and the model pays for it whatever the type. A ratio to
+``e_exact`` sent nearly every layer of an accurate type (Q6_K, Q8_0) to exact and nearly
+every layer of Q4_0 to fast; measured on SmolLM2-135M (``benchmarks/auto_threshold.py``,
+docs/budget.md), no ratio threshold kept both Q4_0 and the K-quants within 0.3 percentage
+points of all-exact perplexity while running a useful share of the MACs fast.
+
+One layer is weighted: the LM head (role ``head``), whose output error is the logits'
+error, unattenuated by the blocks after it. Measured on SmolLM2-135M q4_k_m, fast mode on
+the head alone (added error 2.2e-4) costs +0.63 percentage points of perplexity and
+0.0054 KL, ~25 KL per unit of added error; on every other layer together ~0.10 KL per
+unit: the head's added error counts :data:`HEAD_WEIGHT` times.
 """
 from __future__ import annotations
 
@@ -23,12 +35,18 @@ import numpy as np
 
 from ..errors import RecipeError
 
-__all__ = ["DEFAULT_THRESHOLD", "SAMPLE_ROWS", "ModeChoice", "measure_mode_errors", "choose_mode",
-           "check_threshold", "modes_metadata"]
+__all__ = ["DEFAULT_THRESHOLD", "HEAD_WEIGHT", "SAMPLE_ROWS", "ModeChoice", "measure_mode_errors", "choose_mode",
+           "role_weight", "check_threshold", "modes_metadata"]
 
-#: fast where it adds less than this fraction to the layer's exact-mode output error
-#: (measured: benchmarks/auto_threshold.py, docs/budget.md)
-DEFAULT_THRESHOLD = 0.25
+#: fast where it adds less than this to the layer's relative output error. Measured
+#: (benchmarks/auto_threshold.py, tables in docs/budget.md), SmolLM2-135M, pp of perplexity
+#: vs all-exact: Q4_0 5e-5 +0.08, 7e-5 +0.07 (127 of 211 layers fast), 1e-4 +0.30, 2e-4 +0.34;
+#: q4_k_m 5e-5 +0.04, 1e-4 +0.02, 2e-4 +0.06 (27 % of MACs fast); MiniLM encoder-q6 cosine
+#: 1e-4 -0.0002. The largest that keeps every case within 0.3 pp (cosine 0.0005): 7e-5.
+DEFAULT_THRESHOLD = 7e-5
+#: the LM head's added error counts this many times (measured ~245x the KL per unit of
+#: added error of the other layers: docs/budget.md)
+HEAD_WEIGHT = 250.0
 #: activation rows per layer the errors are measured on
 SAMPLE_ROWS = 256
 
@@ -53,20 +71,20 @@ class ModeChoice:
     exact_error: float
     fast_error: float
     threshold: float
+    #: how many times its added error counts (:data:`HEAD_WEIGHT` for the LM head, else 1)
+    weight: float = 1.0
 
     @property
     def added(self) -> float:
-        """What fast mode adds to the layer's output error, relative to exact mode's."""
-        extra = self.fast_error - self.exact_error
-        if self.exact_error > 0:
-            return extra / self.exact_error
-        return 0.0 if extra <= 0 else float("inf")
+        """What fast mode adds to the layer's relative output error."""
+        return self.fast_error - self.exact_error
 
     @property
     def reason(self) -> str:
         rel = "<" if self.mode == "fast" else ">="
-        return (f"auto: 8-bit activations add {self.added:.1%} to the output error "
-                f"({self.exact_error:.2e} -> {self.fast_error:.2e}), {rel} {self.threshold:.0%}")
+        weighted = f", x{self.weight:g} (LM head)" if self.weight != 1.0 else ""
+        return (f"auto: 8-bit activations add {self.added:.2e} to the relative output error "
+                f"({self.exact_error:.2e} -> {self.fast_error:.2e}){weighted}, {rel} {self.threshold:.2g}")
 
 
 def measure_mode_errors(weight: np.ndarray, qtype: str, tail: Optional[str], rows: np.ndarray,
@@ -79,17 +97,25 @@ def measure_mode_errors(weight: np.ndarray, qtype: str, tail: Optional[str], row
     return errors["exact"], errors["fast"]
 
 
-def choose_mode(site: str, exact_error: float, fast_error: float, threshold: float) -> ModeChoice:
-    """Fast when fast mode adds less than ``threshold`` (a fraction) to the exact error."""
-    probe = ModeChoice(site, "fast", exact_error, fast_error, threshold)
-    return probe if probe.added < threshold else ModeChoice(site, "exact", exact_error, fast_error, threshold)
+def choose_mode(site: str, exact_error: float, fast_error: float, threshold: float,
+                weight: float = 1.0) -> ModeChoice:
+    """Fast when fast mode adds less than ``threshold`` to the relative output error
+    (counted ``weight`` times: :data:`HEAD_WEIGHT` for the LM head)."""
+    mode = "fast" if weight * (fast_error - exact_error) < threshold else "exact"
+    return ModeChoice(site, mode, exact_error, fast_error, threshold, weight)
+
+
+def role_weight(role: str) -> float:
+    """How many times a layer of ``role`` counts its added error."""
+    return HEAD_WEIGHT if role == "head" else 1.0
 
 
 def modes_metadata(choices: Mapping[str, ModeChoice], threshold: float, source: str) -> str:
     """The ``onnxq.modes`` metadata value: the threshold, the data, and per layer the
     chosen mode with both measured errors (``onnxq inspect`` shows them)."""
     layers: Dict[str, Dict[str, object]] = {
-        name: {"mode": c.mode, "exact_error": float(f"{c.exact_error:.4g}"), "fast_error": float(f"{c.fast_error:.4g}")}
+        name: {"mode": c.mode, "exact_error": float(f"{c.exact_error:.4g}"), "fast_error": float(f"{c.fast_error:.4g}"),
+               **({"weight": c.weight} if c.weight != 1.0 else {})}
         for name, c in choices.items()
     }
     return json.dumps({"threshold": threshold, "data": source, "layers": layers}, sort_keys=True,
@@ -152,7 +178,7 @@ def resolve_auto_modes(job, stats: Dict, scaled, threshold: float, imatrix: Opti
             raise CalibrationError(f"auto mode: no sampled activations of {site.input!r} (input of {site.name})")
         exact, fast = measure_mode_errors(weights.weight(site), d.method.qtype, d.method.tail_type, rows,
                                           None if imatrix is None else imatrix.get(site.input))
-        choice = choices[site.name] = choose_mode(site.name, exact, fast, threshold)
+        choice = choices[site.name] = choose_mode(site.name, exact, fast, threshold, role_weight(site.role))
         _replace_mode(job, site.name, choice.mode, choice.reason)
     job.metadata[key] = modes_metadata(choices, threshold, job.options.auto_data_source)
     job.reports["modes"] = choices
