@@ -27,8 +27,10 @@ try:  # POSIX; on Windows the pid check alone decides
 except ImportError:  # pragma: no cover - not on the Linux/macOS builds onnxq tests
     fcntl = None  # type: ignore[assignment]
 
-#: ``.<target>.onnxq-<pid>-<random>.tmp``: the only names :func:`remove_stale` deletes
-STALE_PATTERN = re.compile(r"^\..+\.onnxq-(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp$")
+#: ``.<target>.onnxq-<pid>-<random>.tmp``, and the ``.data`` sidecar of such a file when it is an
+#: intermediate model with external data (``quantize --portable``): the only names
+#: :func:`remove_stale` deletes
+STALE_PATTERN = re.compile(r"^\..+\.onnxq-(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp(\.data)?$")
 
 
 def temp_name(target: str) -> str:

@@ -46,7 +46,8 @@ def test_writer_temp_names_follow_the_pattern(tmp_path):
 
 def test_remove_stale_deletes_only_dead_writers_files(tmp_path):
     dead = _dead_pid()
-    stale = [f".model.onnx.onnxq-{dead}-0123abcd.tmp", f".model.onnx.data.onnxq-{dead}-deadbeef.tmp"]
+    stale = [f".model.onnx.onnxq-{dead}-0123abcd.tmp", f".model.onnx.data.onnxq-{dead}-deadbeef.tmp",
+             f".model.onnx.onnxq-{dead}-0123abcd.tmp.data"]  # an intermediate model's external data
     live_parent = f".other.onnx.onnxq-{os.getppid()}-00000000.tmp"  # pid alive: kept
     mine = f".mine.onnx.onnxq-{os.getpid()}-11111111.tmp"  # this process: kept
     foreign = [
@@ -54,6 +55,7 @@ def test_remove_stale_deletes_only_dead_writers_files(tmp_path):
         f"model.onnx.onnxq-{dead}-0123abcd.tmp",  # no leading dot
         f".model.onnx.onnxq-{dead}-0123abcd.tmp.bak",
         f".model.onnx.onnxq-{dead}-XYZ.tmp",
+        f".model.onnx.onnxq-{dead}-0123abcd.tmp.data.bak",
         "notes.txt",
     ]
     for name in stale + [live_parent, mine] + foreign:
