@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     from onnxq.evaluate import evaluate
 
     work = args.work or tempfile.mkdtemp(prefix="onnxq-activation-blocks-")
+    os.makedirs(work, exist_ok=True)
     float_path = str(zoo.ensure("smollm2-135m"))
     exact = os.path.join(work, f"{args.recipe}.exact.onnx")
     onnxq.quantize(float_path, exact, recipe=args.recipe, mode="exact", progress=False)
