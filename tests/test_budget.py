@@ -247,3 +247,24 @@ def test_allocation_is_the_least_cost_mix(seed):
         if used < 0.99 * limit:
             window = (nbytes >= 0.99 * limit) & (nbytes <= limit)
             assert not window.any() or cost[window].min() > got
+
+
+@pytest.mark.parametrize("bpw", [5.5, 6.2, 7.107])
+def test_a_budget_that_buys_nothing_more_is_still_used(bpw):
+    """SmolLM2's float weights are a Q4_1 GGUF dequantized: Q4_1 costs nothing, and so does float.
+    Of the mixes of least cost (0) the allocation takes one that uses the budget within 1 %
+    (the greedy stopped at all-Q4_1, 5 bpw)."""
+    from onnxq.budget import plan_cost
+
+    shapes = [("embed_tokens", 576, 49152, False)]
+    for layer in range(30):
+        shapes += [(f"{layer}.{n}", k, m, True) for n, k, m in (("q", 576, 576), ("k", 576, 192), ("v", 576, 192),
+                                                                 ("o", 576, 576), ("gate", 576, 1536),
+                                                                 ("up", 576, 1536), ("down", 1536, 576))]
+    table = _table(shapes, lambda i, name: 1.0 + 0.5 * np.cos(i))
+    for u in table.units:
+        u.error["Q4_1"] = 0.0
+    limit = int(bpw * table.params / 8)
+    choice = allocate(table, limit)
+    assert plan_cost(table, choice) == 0.0
+    assert 0.99 * limit <= _used(table, choice) <= limit
