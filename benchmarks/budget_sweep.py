@@ -150,6 +150,7 @@ def run(model: str, out_dir: str, max_tokens: int, presets=None, extra_bpw=EXTRA
     import onnxq
     from onnxq import zoo
     from onnxq.budget import quantize_to_budget
+    from onnxq.inspect_model import inspect_model
     from onnxq.zoo.calibration import default_batches
 
     path = str(zoo.ensure(model))
@@ -159,8 +160,10 @@ def run(model: str, out_dir: str, max_tokens: int, presets=None, extra_bpw=EXTRA
     rows = []
     for preset in presets or (LM_PRESETS if lm else ENCODER_PRESETS):
         out = os.path.join(out_dir, f"{model}.{preset}.onnx")
-        r = onnxq.quantize(path, out, recipe=preset, mode="exact", progress=False)
-        rows.append({"variant": preset, "kind": "preset", "path": out, "bpw": r.bits_per_weight})
+        onnxq.quantize(path, out, recipe=preset, mode="exact", progress=False)
+        # every layer weight, float ones at 32, as inspect and --target-bpw count them (the
+        # quantize report's figure leaves kept float weights out)
+        rows.append({"variant": preset, "kind": "preset", "path": out, "bpw": inspect_model(out).bits_per_weight})
     targets = {f"budget @ {r['variant']}": r["bpw"] for r in rows if r["variant"] in ("q4_k_m", "q5_k_m", "q6_k",
                                                                                       "encoder-q5", "encoder-q6")}
     files = llamacpp_files(out_dir, table.params) if lm and llamacpp and llamacpp_installed() else {}
@@ -171,8 +174,8 @@ def run(model: str, out_dir: str, max_tokens: int, presets=None, extra_bpw=EXTRA
         out = os.path.join(out_dir, f"{model}.{label.replace(' ', '_').replace('@', 'at')}.onnx")
         r = quantize_to_budget(path, out, target_bpw=bpw, calibration_data=batches, costs=table, mode="exact",
                                progress=False)
-        rows.append({"variant": label, "kind": "budget", "path": out, "bpw": r.bits_per_weight,
-                     "predicted": r.budget.predicted, "measured": r.budget.measured})
+        rows.append({"variant": label, "kind": "budget", "path": out, "bpw": inspect_model(out).bits_per_weight,
+                     "target_bpw": bpw, "predicted": r.budget.predicted, "measured": r.budget.measured})
     kw = {"max_tokens": max_tokens} if lm else {}
     reference = _evaluate(path, rows, chunk, **kw)
     if files:
