@@ -22,11 +22,12 @@ recorded (LLAMACPP_BPW) and no llama.cpp point is drawn.
     python benchmarks/budget_sweep.py [--models smollm2-135m,all-minilm-l6-v2] [--plot budget_sweep.png]
         [--cache-dir DIR (keep the cost tables)] [--eval-chunk 5] [--also earlier.json]
 
-The measured tables (docs/budget.md) came from
-    python benchmarks/budget_sweep.py --models all-minilm-l6-v2 --json minilm.json
+The measured tables (docs/budget.md) came from (llama-cpp-python installed; --cache-dir keeps
+the cost tables, measured once: SmolLM2's took 31 min on the loaded machine)
+    python benchmarks/budget_sweep.py --models all-minilm-l6-v2 --cache-dir costs --json minilm.json
     python benchmarks/budget_sweep.py --models smollm2-135m --lm-presets q4_k_m,q5_k_m,q6_k,q4_k,q8_0 \
-        --extra-bpw '' --no-llamacpp-bpw --max-tokens 2048 --eval-chunk 4 --also minilm.json \
-        --plot docs/budget_sweep.png
+        --extra-bpw '' --max-tokens 2048 --eval-chunk 4 --cache-dir costs --json smollm2.json \
+        --also minilm.json --plot docs/budget_sweep.png
 """
 from __future__ import annotations
 
