@@ -19,7 +19,8 @@ measured costs (issue 15).
    the one with the most bytes: the better of a greedy exchange along each unit's lower
    convex hull of (bytes, cost) plus a fill, and an exact multiple-choice knapsack (dynamic
    programming over bytes on a fine grid), which can downgrade small units to afford one
-   big upgrade (a word-embedding table's next type) where the greedy's fill stops short.
+   big upgrade (a word-embedding table's next type, a layer's step to float32) where the
+   greedy's fill stops short.
    The result is at most the budget and within 1 % of it unless every mix that close
    costs more (the budget cannot be used: spending it would lose quality).
 4. **Check.** The chosen mix is written (modes by the auto rule, measured per layer on
