@@ -102,6 +102,22 @@ def test_run_report_and_saved_recipe_reproduce_the_file(toy):
     assert filecmp.cmp(out, again, shallow=False)
 
 
+def test_disagreeing_solvers_are_measured_in_a_run(toy):
+    """At 5.6 bpw on the toy the knapsack and the greedy pick different mixes, both within 1 %:
+    the run measures both end to end and writes the better one; the exact-mode loss of the
+    written file agrees with the measurement that chose it."""
+    d, plain, _, table, _ = toy
+    out = str(d / "measured.onnx")
+    b = quantize_to_budget(plain, out, target_bpw=5.6, calibration_data=BATCHES, costs=table, mode="exact",
+                           progress=False).budget
+    assert set(b.compared) == {"knapsack", "greedy"}
+    losses = {n: m for n, (_, m) in b.compared.items()}
+    assert all(m is not None and m > 0 for m in losses.values())
+    assert b.solver == min(losses, key=losses.get)
+    assert b.measured == pytest.approx(losses[b.solver], rel=1e-3)
+    assert f"written: the {b.solver}'s" in b.summary() and b.to_dict()["solver"] == b.solver
+
+
 def test_target_size(toy):
     d, plain, _, table, _ = toy
     out = str(d / "size.onnx")
@@ -268,3 +284,36 @@ def test_a_budget_that_buys_nothing_more_is_still_used(bpw):
     choice = allocate(table, limit)
     assert plan_cost(table, choice) == 0.0
     assert 0.99 * limit <= _used(table, choice) <= limit
+
+
+def test_two_solvers_mixes_are_decided_by_measurement():
+    """When the greedy exchange and the knapsack disagree, the mix written is the one that
+    measures better end to end among those using the budget within 1 %; a mix more than 1 %
+    short loses even when it measures better; one candidate is not measured at all."""
+    from onnxq.budget import alternatives, pick_measured, plan_bytes, plan_cost
+
+    table = _minilm_shaped()
+    limit = int(6.7 * table.params / 8)
+    mixes = alternatives(table, limit)
+    assert list(mixes) == ["knapsack", "greedy"]  # the knapsack predicts the lower cost here
+    assert plan_cost(table, mixes["knapsack"]) < plan_cost(table, mixes["greedy"])
+    assert plan_bytes(table, mixes["greedy"]) < 0.99 * limit <= plan_bytes(table, mixes["knapsack"])
+    calls = []
+
+    def loss(mix):
+        calls.append(mix)
+        return 1.0 if mix is mixes["knapsack"] else 0.5
+
+    # the greedy's mix measures better but is 1.6 % short: not a candidate, nothing measured
+    assert pick_measured(table, mixes, limit, loss) == ("knapsack", {})
+    assert calls == []
+    # two mixes both within 1 % (one 384 x 384 layer a type lower): the better measured one
+    other = dict(mixes["knapsack"], **{"0.q": "Q4_0"})
+    assert 0.99 * limit <= plan_bytes(table, other) < plan_bytes(table, mixes["knapsack"])
+    close = {"knapsack": mixes["knapsack"], "other": other}
+    name, measured = pick_measured(table, close, limit, lambda mix: 1.0 if mix is other else 2.0)
+    assert name == "other" and measured == {"knapsack": 2.0, "other": 1.0}
+    # a measured tie keeps the predicted-better (first) mix
+    assert pick_measured(table, close, limit, lambda mix: 0.25)[0] == "knapsack"
+    # none within 1 %: all measured, the better written
+    assert pick_measured(table, mixes, 10 * limit, loss) == ("greedy", {"knapsack": 1.0, "greedy": 0.5})
