@@ -17,7 +17,8 @@ What it does (Linux host, root, Debian's debootstrap and qemu-user-static, PyPI 
      24 rows (fast mode takes the integer GEMM) at every ONNXQ_ISA level;
   5. here: the same float model quantized by the x86 install (the GGML bytes must be the same)
      and the ARM-quantized models run by the x86 library (outputs within float rounding; fast
-     mode bit-identical across the ARM levels).
+     mode bit-identical across the ARM levels);
+  6. benchmarks/op_speed.py run unchanged in the chroot (with --check, on tiny shapes).
 Prints how far it got at every step; the pip log is kept in ROOTFS/src/pip-install.log.
 Measures correctness and that the install works, not speed: an emulator says nothing about it.
 
@@ -252,6 +253,10 @@ def main() -> int:
             if got != level:
                 print(f"FAILED: ONNXQ_ISA={level} ran {got}")
                 return 1
+        step("benchmarks/op_speed.py, unchanged, in the chroot (--check; tiny shapes: emulated times mean nothing)")
+        res = ch.sh("cd /src/onnxq && /opt/onnxq-venv/bin/python benchmarks/op_speed.py --check --shapes 512x256 "
+                    "--M 1,32 --types Q4_0,Q4_K --threads 1 --rounds 1 --budget 0.02")
+        print(res.stdout[-3000:])
     step("x86 side: the same float model quantized here, the ARM-quantized models run here")
     xwork = os.path.join(work, "x86")
     os.makedirs(xwork)

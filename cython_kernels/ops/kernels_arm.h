@@ -1,7 +1,8 @@
 /*
- * Private to the aarch64 kernel files (kernels_neon.c, kernels_neon_dotprod.c): target
- * macros, the expansion of x8 group-blocks into int8 codes, the float tail of the fast dot
- * products, and the NEON functions that every ARM table shares.
+ * Private to the aarch64 kernel files (kernels_neon.c, kernels_neon_dotprod.c,
+ * kernels_arm_gexpand.c): target macros, the expansion of x8 group-blocks into int8 codes,
+ * the float tail of the fast dot products (shared with the integer GEMM, kernels_igemm_arm.h),
+ * and the NEON functions that every ARM table shares.
  *
  * Register view of a group-block: a 16-byte load of a 32-byte chunk is 4 rows x 4
  * consecutive elements ([r][t], row 4h + r for the half h). Expanded codes are kept in

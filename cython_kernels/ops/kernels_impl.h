@@ -136,7 +136,8 @@ typedef void (*onnxq_dequant_fn)(const uint8_t *block, float *y);
 /*
  * Integer GEMM (fast mode, many rows). A panel holds nblk consecutive blocks of ng
  * consecutive weight groups, expanded once per call into what the micro-kernel wants; per
- * block (onnxq_igemm_block_bytes):
+ * block (onnxq_igemm_block_bytes; the x86 layout below, the ARM levels write their own
+ * within the same size, kernels_igemm_arm.h):
  *   codes [bs/4][ng][8][4]   unsigned codes (Q8_0: q ^ 0x80), 4 consecutive elements of
  *                            each of the ng*8 columns: one vector load is 8 or 16 columns
  *   f0    [ng*8] float       d
