@@ -245,19 +245,12 @@ ONNXQ_NEON_DECL(q6_K)
 #define AG_NV (AG_NC / 4)
 /* Panel expansion shared by the levels: lane4 = columns of 4 elements (NEON, dotprod),
  * pair8 = column pairs of 8 elements (i8mm); layout in kernels_igemm_arm.h. */
-#define ONNXQ_ARM_GEXPAND_DECL(t)                                                                            \
+#define ONNXQ_ARM_GEXPAND_DECL(t, TYPE)                                                                          \
     void onnxq_arm_gexpand_lane4_##t(const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0,     \
                                      int64_t nblk, uint8_t *panel);                                          \
     void onnxq_arm_gexpand_pair8_##t(const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0,     \
                                      int64_t nblk, uint8_t *panel);
-ONNXQ_ARM_GEXPAND_DECL(q4_0)
-ONNXQ_ARM_GEXPAND_DECL(q4_1)
-ONNXQ_ARM_GEXPAND_DECL(q5_0)
-ONNXQ_ARM_GEXPAND_DECL(q5_1)
-ONNXQ_ARM_GEXPAND_DECL(q8_0)
-ONNXQ_ARM_GEXPAND_DECL(q4_K)
-ONNXQ_ARM_GEXPAND_DECL(q5_K)
-ONNXQ_ARM_GEXPAND_DECL(q6_K)
+ONNXQ_FOR_EACH_WTYPE(ONNXQ_ARM_GEXPAND_DECL)
 #undef ONNXQ_ARM_GEXPAND_DECL
 #define ONNXQ_ARM_GEXPAND(layout)                                                                            \
     .gexpand = {onnxq_arm_gexpand_##layout##_q4_0, onnxq_arm_gexpand_##layout##_q4_1,                        \

@@ -106,14 +106,7 @@ NQ_INLINE void gexpand_impl(const int type, const int pair8, const uint8_t *gd, 
                                      int64_t nblk, uint8_t *panel) {                                         \
         gexpand_impl(TYPE, 1, gd, gstride, nvalid, ng, b0, nblk, panel);                                    \
     }
-GEXPAND_ENTRY(q4_0, ONNXQ_TYPE_Q4_0)
-GEXPAND_ENTRY(q4_1, ONNXQ_TYPE_Q4_1)
-GEXPAND_ENTRY(q5_0, ONNXQ_TYPE_Q5_0)
-GEXPAND_ENTRY(q5_1, ONNXQ_TYPE_Q5_1)
-GEXPAND_ENTRY(q8_0, ONNXQ_TYPE_Q8_0)
-GEXPAND_ENTRY(q4_K, ONNXQ_TYPE_Q4_K)
-GEXPAND_ENTRY(q5_K, ONNXQ_TYPE_Q5_K)
-GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
+ONNXQ_FOR_EACH_WTYPE(GEXPAND_ENTRY)
 #undef GEXPAND_ENTRY
 
 #else

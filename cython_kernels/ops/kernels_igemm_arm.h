@@ -88,21 +88,15 @@ AG_INLINE void AG_NAME(ag_blocks_k)(const int type, const uint8_t *panel, int64_
     }
 }
 
-#define AG_ENTRY(t, TYPE, impl)                                                                                 \
+#define AG_ENTRY(t, TYPE)                                                                                       \
     static AG_ATTR void AG_NAME(igemm_##t)(const uint8_t *panel, int64_t b0, int64_t nblk,                    \
                                            const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {  \
         if (first)                                                                                             \
             for (int m = 0; m < AG_MR; ++m) memset(C + m * ldc, 0, sizeof(float) * AG_NC);                     \
-        AG_NAME(impl)(TYPE, panel, b0, nblk, rows, C, ldc);                                                    \
+        if (onnxq_act_kind(TYPE) == ONNXQ_ACT_Q8_K) AG_NAME(ag_blocks_k)(TYPE, panel, b0, nblk, rows, C, ldc);   \
+        else AG_NAME(ag_blocks32)(TYPE, panel, b0, nblk, rows, C, ldc);                                        \
     }
-AG_ENTRY(q4_0, ONNXQ_TYPE_Q4_0, ag_blocks32)
-AG_ENTRY(q4_1, ONNXQ_TYPE_Q4_1, ag_blocks32)
-AG_ENTRY(q5_0, ONNXQ_TYPE_Q5_0, ag_blocks32)
-AG_ENTRY(q5_1, ONNXQ_TYPE_Q5_1, ag_blocks32)
-AG_ENTRY(q8_0, ONNXQ_TYPE_Q8_0, ag_blocks32)
-AG_ENTRY(q4_K, ONNXQ_TYPE_Q4_K, ag_blocks_k)
-AG_ENTRY(q5_K, ONNXQ_TYPE_Q5_K, ag_blocks_k)
-AG_ENTRY(q6_K, ONNXQ_TYPE_Q6_K, ag_blocks_k)
+ONNXQ_FOR_EACH_WTYPE(AG_ENTRY)
 #undef AG_ENTRY
 #undef AG_INLINE
 

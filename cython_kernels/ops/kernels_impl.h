@@ -171,6 +171,11 @@ enum {
     ONNXQ_ISA_COUNT = 7
 };
 
+/* X(suffix, type) for the weight types in slot order: one entry point per type. */
+#define ONNXQ_FOR_EACH_WTYPE(X)                                                                              \
+    X(q4_0, ONNXQ_TYPE_Q4_0) X(q4_1, ONNXQ_TYPE_Q4_1) X(q5_0, ONNXQ_TYPE_Q5_0) X(q5_1, ONNXQ_TYPE_Q5_1)      \
+    X(q8_0, ONNXQ_TYPE_Q8_0) X(q4_K, ONNXQ_TYPE_Q4_K) X(q5_K, ONNXQ_TYPE_Q5_K) X(q6_K, ONNXQ_TYPE_Q6_K)
+
 /* Indexed by weight type through onnxq_type_slot(). */
 #define ONNXQ_NSLOTS 8
 

@@ -69,6 +69,18 @@ static const layout_case ODD_LAYOUTS[] = {
     {ONNXQ_TYPE_Q4_K, -1, 300}, {ONNXQ_TYPE_Q5_K, -1, 260}, {ONNXQ_TYPE_Q6_K, -1, 700},
 };
 
+/* N random rows of a layout (main blocks, then the tail's), random scales. */
+static uint8_t *random_weight(const layout_case *lc, const onnxq_row_layout *L, int64_t N) {
+    uint8_t *W = malloc((size_t)(N * L->row_bytes));
+    for (int64_t n = 0; n < N; ++n) {
+        uint8_t *row = W + n * L->row_bytes;
+        for (int64_t b = 0; b < L->n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
+        for (int64_t b = 0; b < L->n_tail; ++b)
+            random_block(lc->tail, row + L->main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
+    }
+    return W;
+}
+
 /* One layout with N rows: gather bit-exact and matmul within tolerance of a float64
  * reference, for every ISA level this CPU runs, both modes, each M in Ms. */
 static void check_layout(const layout_case *lc, int64_t N, const int64_t *Ms, int nM) {
@@ -80,13 +92,7 @@ static void check_layout(const layout_case *lc, int64_t N, const int64_t *Ms, in
     const int64_t K = lc->K;
     int64_t Mmax = 1;
     for (int i = 0; i < nM; ++i) Mmax = Ms[i] > Mmax ? Ms[i] : Mmax;
-    uint8_t *W = malloc((size_t)(N * L.row_bytes));
-    for (int64_t n = 0; n < N; ++n) {
-        uint8_t *row = W + n * L.row_bytes;
-        for (int64_t b = 0; b < L.n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
-        for (int64_t b = 0; b < L.n_tail; ++b)
-            random_block(lc->tail, row + L.main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
-    }
+    uint8_t *W = random_weight(lc, &L, N);
     /* reference: dequantize every row */
     float *Wd = malloc(sizeof(float) * (size_t)(N * K)), scratch[QK_K];
     for (int64_t n = 0; n < N; ++n) onnxq_dequantize_row(&L, W + n * L.row_bytes, Wd + n * K, scratch);
@@ -171,13 +177,7 @@ static void check_igemm_driver(const layout_case *lc, int64_t N) {
         return;
     }
     const int64_t K = lc->K, Mmax = 64, Ms[] = {16, 17, 64};
-    uint8_t *W = malloc((size_t)(N * L.row_bytes));
-    for (int64_t n = 0; n < N; ++n) {
-        uint8_t *row = W + n * L.row_bytes;
-        for (int64_t b = 0; b < L.n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
-        for (int64_t b = 0; b < L.n_tail; ++b)
-            random_block(lc->tail, row + L.main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
-    }
+    uint8_t *W = random_weight(lc, &L, N);
     float *X = malloc(sizeof(float) * (size_t)(Mmax * K)), *bias = malloc(sizeof(float) * (size_t)N);
     float *Yg = malloc(sizeof(float) * (size_t)(Mmax * N)), *Yr = malloc(sizeof(float) * (size_t)(Mmax * N));
     float *Ys = malloc(sizeof(float) * (size_t)(Mmax * N));
