@@ -174,7 +174,7 @@ class Chroot:
     def sh(self, script: str, env: dict | None = None, log: str | None = None) -> subprocess.CompletedProcess:
         base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
                 "PIP_CERT": "/etc/onnxq-host-ca.crt", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        cmd = ["chroot", self.rootfs, "/bin/sh", "-ec", script]
+        cmd = [need("chroot", "coreutils"), self.rootfs, "/bin/sh", "-ec", script]
         print("+ chroot:", script, flush=True)
         if log is None:
             return subprocess.run(cmd, env={**base, **(env or {})}, check=True, text=True, capture_output=True)

@@ -170,6 +170,7 @@ static void test_matmul_and_gather(void) {
  * the whole driver (tiles, K chunks, tails, bias, 3 threads) must give the bits of the same
  * level's row-by-row GEMV path (M = 1, the dot kernels) for every type and odd shape; and
  * on aarch64, whose dot kernels repeat the scalar float tail, the scalar kernels' bits. */
+static int g_igemm_driver_checks[ONNXQ_ISA_COUNT]; /* per level, printed for tests/test_ops_aarch64.py */
 static void check_igemm_driver(const layout_case *lc, int64_t N) {
     onnxq_row_layout L;
     if (onnxq_row_layout_init(&L, lc->type, lc->tail, lc->K) != ONNXQ_LAYOUT_OK) {
@@ -189,6 +190,7 @@ static void check_igemm_driver(const layout_case *lc, int64_t N) {
     CHECK(have_scalar, "scalar gemv %s K %lld", tname(lc->type), (long long)K);
     for (int isa = 1; isa < ONNXQ_ISA_COUNT; ++isa) {
         if (!h_set_isa(isa) || !onnxq_kernels_for_isa(isa)->igemm[0]) continue;
+        g_igemm_driver_checks[isa] += isa >= ONNXQ_ISA_NEON ? 6 : 3;
         int ok = 1;
         for (int64_t m = 0; m < Mmax && ok; ++m)
             ok = h_matmul(lc->type, lc->tail, K, N, W, X + m * K, 1, bias, Yr + m * N, ONNXQ_MODE_FAST, 1) == 0;
@@ -218,6 +220,8 @@ static void test_igemm_driver(void) {
     for (int li = 0; li < (int)(sizeof ODD_LAYOUTS / sizeof ODD_LAYOUTS[0]); ++li)
         for (int ni = 0; ni < 3; ++ni) check_igemm_driver(&ODD_LAYOUTS[li], Ns[ni]);
     for (int li = 0; li < (int)(sizeof LAYOUTS / sizeof LAYOUTS[0]); ++li) check_igemm_driver(&LAYOUTS[li], 33);
+    for (int isa = 1; isa < ONNXQ_ISA_COUNT; ++isa)
+        if (g_igemm_driver_checks[isa]) printf("igemm driver %s %d\n", onnxq_kernels_for_isa(isa)->name, g_igemm_driver_checks[isa]);
 }
 
 int main(void) {
