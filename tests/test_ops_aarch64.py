@@ -87,7 +87,7 @@ def test_kernels_against_scalar(test_kernels, cpu, levels):
     tested = {line.split()[1] for line in out.splitlines() if line.startswith("testing ")}
     assert tested == set(levels), out[-2000:]
     # every ARM SIMD level has the integer GEMM, and its driver checks ran (== GEMV, == scalar bits)
-    igemm = {f[2]: int(f[3]) for f in (line.split() for line in out.splitlines()) if line.startswith("igemm driver ")}
+    igemm = {f[2]: int(f[3]) for f in (line.split() for line in out.splitlines()) if f[:2] == ["igemm", "driver"]}
     assert set(igemm) == set(levels) and min(igemm.values()) >= 45 * 6, out[-2000:]
 
 
