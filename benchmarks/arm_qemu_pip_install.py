@@ -211,6 +211,8 @@ def compare(work_host: str, arm: dict, x86: dict, levels: dict) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rootfs", default="/work/arm-pip-rootfs")
+    ap.add_argument("--reuse-install", action="store_true",
+                    help="keep the chroot's installed onnxq from an earlier run (skip the 30-60 minute build)")
     args = ap.parse_args()
     rootfs = os.path.abspath(args.rootfs)
     t0 = time.time()
@@ -232,15 +234,18 @@ def main() -> int:
         step("inside: " + ch.sh("uname -m; python3 --version; gcc --version | head -1").stdout.replace("\n", " | "))
         step("pip install /src/onnxq (native build under emulation; log: ROOTFS/src/pip-install.log)")
         t = time.time()
-        try:
-            ch.sh("rm -rf /opt/onnxq-venv; python3 -m venv /opt/onnxq-venv; "
-                  "/opt/onnxq-venv/bin/pip install -v /src/onnxq", log=os.path.join(rootfs, "src", "pip-install.log"))
-        except subprocess.CalledProcessError:
-            with open(os.path.join(rootfs, "src", "pip-install.log")) as fh:
-                print(fh.read()[-6000:])
-            print("FAILED: pip install")
-            return 1
-        print(f"pip install done in {time.time() - t:.0f} s")
+        if args.reuse_install and os.path.exists(os.path.join(rootfs, "opt", "onnxq-venv", "bin", "python")):
+            print("--reuse-install: the venv of an earlier run (its log: ROOTFS/src/pip-install.log)")
+        else:
+            try:
+                ch.sh("rm -rf /opt/onnxq-venv; python3 -m venv /opt/onnxq-venv; "
+                      "/opt/onnxq-venv/bin/pip install -v /src/onnxq", log=os.path.join(rootfs, "src", "pip-install.log"))
+            except subprocess.CalledProcessError:
+                with open(os.path.join(rootfs, "src", "pip-install.log")) as fh:
+                    print(fh.read()[-6000:])
+                print("FAILED: pip install")
+                return 1
+            print(f"pip install done in {time.time() - t:.0f} s")
         step("import, quantize and run in the chroot")
         arm = json.loads(ch.sh(f"cd /tmp && /opt/onnxq-venv/bin/python /src/work/check.py /src/work {cases} arm")
                          .stdout.strip().splitlines()[-1])
@@ -254,9 +259,18 @@ def main() -> int:
                 print(f"FAILED: ONNXQ_ISA={level} ran {got}")
                 return 1
         step("benchmarks/op_speed.py, unchanged, in the chroot (--check; tiny shapes: emulated times mean nothing)")
-        res = ch.sh("cd /src/onnxq && /opt/onnxq-venv/bin/python benchmarks/op_speed.py --check --shapes 512x256 "
-                    "--M 1,32 --types Q4_0,Q4_K --threads 1 --rounds 1 --budget 0.02")
-        print(res.stdout[-3000:])
+        # a copy outside the source tree: the script puts its checkout first on sys.path, and this
+        # checkout has no in-place build (the installed onnxq is the one to measure)
+        os.makedirs(os.path.join(work, "bench"), exist_ok=True)
+        shutil.copy(os.path.join(ROOT, "benchmarks", "op_speed.py"), os.path.join(work, "bench", "op_speed.py"))
+        try:
+            res = ch.sh("cd /tmp && /opt/onnxq-venv/bin/python /src/work/bench/op_speed.py --check --shapes 512x256 "
+                        "--M 1,32 --types Q4_0,Q4_K --threads 1 --rounds 1 --budget 0.02")
+            print(res.stdout[-3000:])
+            op_speed = "ok op_speed.py ran unchanged on aarch64 (--check passed)"
+        except subprocess.CalledProcessError as e:
+            print((e.stdout or "")[-2000:], (e.stderr or "")[-3000:])
+            op_speed = f"FAIL op_speed.py exited {e.returncode} on aarch64"
     step("x86 side: the same float model quantized here, the ARM-quantized models run here")
     xwork = os.path.join(work, "x86")
     os.makedirs(xwork)
@@ -270,7 +284,7 @@ def main() -> int:
               for lv in LEVELS}
     levels["x86"] = {n: onnxq.InferenceSession(p.replace("/src/work", work)).run(None, {"x": x})[0]
                      for n, p in arm["models"].items()}
-    lines = compare(work, arm, x86, levels)
+    lines = compare(work, arm, x86, levels) + [op_speed]
     print("\n".join(lines))
     failed = [ln for ln in lines if ln.startswith("FAIL")]
     print(f"\n{'FAILED' if failed else 'PASSED'}: native pip install on emulated aarch64, kernel_isa {arm['isa']}, "
