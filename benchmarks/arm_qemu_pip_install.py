@@ -263,7 +263,8 @@ def main() -> int:
         # checkout has no in-place build (the installed onnxq is the one to measure)
         os.makedirs(os.path.join(work, "bench"), exist_ok=True)
         shutil.copy(os.path.join(ROOT, "benchmarks", "op_speed.py"), os.path.join(work, "bench", "op_speed.py"))
-        try:
+        try:  # --check's reference dequantizer is gguf's (onnxq's [models] extra): pure Python
+            ch.sh("/opt/onnxq-venv/bin/pip install -q gguf")
             res = ch.sh("cd /tmp && /opt/onnxq-venv/bin/python /src/work/bench/op_speed.py --check --shapes 512x256 "
                         "--M 1,32 --types Q4_0,Q4_K --threads 1 --rounds 1 --budget 0.02")
             print(res.stdout[-3000:])
