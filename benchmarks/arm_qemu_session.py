@@ -233,6 +233,10 @@ def main() -> int:
     ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
     mask = np.ones_like(ids)
     mask[1, 18:] = 0
+    # every GgmlMatMul gets batch x sequence rows: the fast-mode models take the integer GEMM
+    # (kernels_matmul.c, from ONNXQ_IGEMM_MIN_M = 16 rows) at the ARM SIMD levels, and the dot
+    # kernels row by row at the ARM scalar level, so "same bits as ARM scalar" checks one against the other
+    print(f"rows per GgmlMatMul: {ids.size} (integer GEMM from 16 rows)")
     inputs = os.path.join(work, "inputs.npz")
     np.savez(inputs, input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
 

@@ -6,7 +6,11 @@
   and i8mm all run), cortex-a76 (dotprod, no i8mm), cortex-a53 (NEON only: a dispatch
   that reached for SDOT there would die of SIGILL).
 * tests/native/isa_probe.c for each ONNXQ_ISA value: what the dispatcher picks, and the
-  results it computes through it (fast mode the same bits at every level).
+  results it computes through it (fast mode the same bits at every level, M = 17 and 64
+  through the integer GEMM, M = 1 and 3 through the dot kernels).
+* test_kernels.c's igemm checks: each ARM level's integer GEMM micro-kernel against its dot
+  kernel, and the whole fast-mode driver at M = 16, 17, 64 against the same level's
+  row-by-row GEMV and the scalar kernels, bit for bit, every type and odd shapes.
 * the whole custom-op library built by cython_kernels/ops/Makefile with the cross
   compiler: it links, depends on libc/libm only and exports exactly the two entry points.
 
@@ -82,6 +86,9 @@ def test_kernels_against_scalar(test_kernels, cpu, levels):
     assert " 0 failed" in out, out[-4000:]
     tested = {line.split()[1] for line in out.splitlines() if line.startswith("testing ")}
     assert tested == set(levels), out[-2000:]
+    # every ARM SIMD level has the integer GEMM, and its driver checks ran (== GEMV, == scalar bits)
+    igemm = {f[2]: int(f[3]) for f in (line.split() for line in out.splitlines()) if f[:2] == ["igemm", "driver"]}
+    assert set(igemm) == set(levels) and min(igemm.values()) >= 45 * 6, out[-2000:]
 
 
 def parse_probe(out: str):
@@ -108,7 +115,7 @@ def test_dispatch_and_forced_levels(probe):
     assert a53[0] == "neon"
 
     ref = runs["scalar"][1]
-    assert len(ref) == 8 * 3 * 2
+    assert len(ref) == 8 * 4 * 2  # types x M in {1, 3, 17, 64} x modes
     for isa, (_, cases) in [*runs.items(), ("neon on cortex-a53", a53)]:
         assert cases.keys() == ref.keys()
         for key, vals in cases.items():

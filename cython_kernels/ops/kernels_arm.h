@@ -1,7 +1,8 @@
 /*
- * Private to the aarch64 kernel files (kernels_neon.c, kernels_neon_dotprod.c): target
- * macros, the expansion of x8 group-blocks into int8 codes, the float tail of the fast dot
- * products, and the NEON functions that every ARM table shares.
+ * Private to the aarch64 kernel files (kernels_neon.c, kernels_neon_dotprod.c,
+ * kernels_arm_gexpand.c): target macros, the expansion of x8 group-blocks into int8 codes,
+ * the float tail of the fast dot products (shared with the integer GEMM, kernels_igemm_arm.h),
+ * and the NEON functions that every ARM table shares.
  *
  * Register view of a group-block: a 16-byte load of a 32-byte chunk is 4 rows x 4
  * consecutive elements ([r][t], row 4h + r for the half h). Expanded codes are kept in
@@ -136,6 +137,18 @@ NQ_INLINE void nq_expand_q6(const uint8_t *gb, int h6, int q, nq_codes w) {
         }
 }
 
+/* wp[p][jp] = rows 2p, 2p+1 x elements 8jp .. 8jp+7 (chunks 2jp and 2jp+1 of each row). */
+NQ_INLINE void nq_row_pairs(nq_codes w, int8x16_t wp[4][4]) {
+    NQ_UNROLL
+    for (int h = 0; h < 2; ++h)
+        NQ_UNROLL
+        for (int jp = 0; jp < 4; ++jp) {
+            const int32x4_t a = vreinterpretq_s32_s8(w[h][2 * jp]), b = vreinterpretq_s32_s8(w[h][2 * jp + 1]);
+            wp[2 * h][jp] = vreinterpretq_s8_s32(vzip1q_s32(a, b));
+            wp[2 * h + 1][jp] = vreinterpretq_s8_s32(vzip2q_s32(a, b));
+        }
+}
+
 /* ---------------- scales of K-quant sub-blocks, rows 4h..4h+3 ---------------- */
 
 NQ_INLINE int32x4_t nq_qk_scale(const uint8_t *gb, int s, int h) { return nq_u8x4(gb + GB_QK_SC + 8 * s + 4 * h); }
@@ -222,6 +235,28 @@ ONNXQ_NEON_DECL(q4_K)
 ONNXQ_NEON_DECL(q5_K)
 ONNXQ_NEON_DECL(q6_K)
 #undef ONNXQ_NEON_DECL
+
+/* Integer GEMM (kernels_igemm_arm.h): every ARM level's micro-kernel tile is AG_MR rows x
+ * AG_NG groups (AG_NC columns, AG_NV vectors of 4). 4 x 8: the K-quants' per-sub-block sums
+ * and their scaled totals (2 x 8 int32x4) stay in the 32 registers with the codes and rows. */
+#define AG_MR 4
+#define AG_NG 1
+#define AG_NC (8 * AG_NG)
+#define AG_NV (AG_NC / 4)
+/* Panel expansion shared by the levels: lane4 = columns of 4 elements (NEON, dotprod),
+ * pair8 = column pairs of 8 elements (i8mm); layout in kernels_igemm_arm.h. */
+#define ONNXQ_ARM_GEXPAND_DECL(t, TYPE)                                                                          \
+    void onnxq_arm_gexpand_lane4_##t(const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0,     \
+                                     int64_t nblk, uint8_t *panel);                                          \
+    void onnxq_arm_gexpand_pair8_##t(const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0,     \
+                                     int64_t nblk, uint8_t *panel);
+ONNXQ_FOR_EACH_WTYPE(ONNXQ_ARM_GEXPAND_DECL)
+#undef ONNXQ_ARM_GEXPAND_DECL
+#define ONNXQ_ARM_GEXPAND(layout)                                                                            \
+    .gexpand = {onnxq_arm_gexpand_##layout##_q4_0, onnxq_arm_gexpand_##layout##_q4_1,                        \
+                onnxq_arm_gexpand_##layout##_q5_0, onnxq_arm_gexpand_##layout##_q5_1,                        \
+                onnxq_arm_gexpand_##layout##_q8_0, onnxq_arm_gexpand_##layout##_q4_K,                        \
+                onnxq_arm_gexpand_##layout##_q5_K, onnxq_arm_gexpand_##layout##_q6_K}
 
 /* The entries every ARM table shares. */
 #define ONNXQ_NEON_SHARED_ENTRIES                                                                            \

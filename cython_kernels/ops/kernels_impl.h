@@ -136,7 +136,8 @@ typedef void (*onnxq_dequant_fn)(const uint8_t *block, float *y);
 /*
  * Integer GEMM (fast mode, many rows). A panel holds nblk consecutive blocks of ng
  * consecutive weight groups, expanded once per call into what the micro-kernel wants; per
- * block (onnxq_igemm_block_bytes):
+ * block (onnxq_igemm_block_bytes; the x86 layout below, the ARM levels write their own
+ * within the same size, kernels_igemm_arm.h):
  *   codes [bs/4][ng][8][4]   unsigned codes (Q8_0: q ^ 0x80), 4 consecutive elements of
  *                            each of the ng*8 columns: one vector load is 8 or 16 columns
  *   f0    [ng*8] float       d
@@ -169,6 +170,11 @@ enum {
     ONNXQ_ISA_NEON = 4, ONNXQ_ISA_DOTPROD = 5, ONNXQ_ISA_I8MM = 6,
     ONNXQ_ISA_COUNT = 7
 };
+
+/* X(suffix, type) for the weight types in slot order: one entry point per type. */
+#define ONNXQ_FOR_EACH_WTYPE(X)                                                                              \
+    X(q4_0, ONNXQ_TYPE_Q4_0) X(q4_1, ONNXQ_TYPE_Q4_1) X(q5_0, ONNXQ_TYPE_Q5_0) X(q5_1, ONNXQ_TYPE_Q5_1)      \
+    X(q8_0, ONNXQ_TYPE_Q8_0) X(q4_K, ONNXQ_TYPE_Q4_K) X(q5_K, ONNXQ_TYPE_Q5_K) X(q6_K, ONNXQ_TYPE_Q6_K)
 
 /* Indexed by weight type through onnxq_type_slot(). */
 #define ONNXQ_NSLOTS 8

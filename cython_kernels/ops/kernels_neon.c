@@ -389,6 +389,40 @@ void onnxq_neon_dequant_q6_K(const uint8_t *blk, float *y) {
     }
 }
 
+/* ---------------- integer GEMM ---------------- */
+
+/* d[m][v] = sum over steps [ks0, ks0 + nks) (4 elements each, lane4 panel) of codes . row m:
+ * vmull_s8 (|w*y| <= 128*128 fits int16) added pairwise into int32 by vpadalq_s16, one vpaddq
+ * per column vector at the end, as in the dot kernels. */
+static inline __attribute__((always_inline)) void subdot_neon(const uint8_t *pb, int ks0, int nks,
+                                                             const onnxq_qact *const *rows, int64_t k0,
+                                                             int32x4_t d[AG_MR][AG_NV]) {
+    int32x4_t p[AG_MR][AG_NV][2];
+    for (int m = 0; m < AG_MR; ++m)
+        for (int v = 0; v < AG_NV; ++v) p[m][v][0] = p[m][v][1] = vdupq_n_s32(0);
+    for (int ks = 0; ks < nks; ++ks) {
+        int8x16_t w[AG_NV];
+        for (int v = 0; v < AG_NV; ++v) w[v] = vld1q_s8((const int8_t *)pb + ((int64_t)(ks0 + ks) * AG_NC + 4 * v) * 4);
+        for (int m = 0; m < AG_MR; ++m) {
+            const int8x8_t y = vget_low_s8(nq_bcast4(rows[m]->qs + k0 + 4 * ks));
+            for (int v = 0; v < AG_NV; ++v) {
+                p[m][v][0] = vpadalq_s16(p[m][v][0], vmull_s8(vget_low_s8(w[v]), y));
+                p[m][v][1] = vpadalq_s16(p[m][v][1], vmull_s8(vget_high_s8(w[v]), y));
+            }
+        }
+    }
+    for (int m = 0; m < AG_MR; ++m)
+        for (int v = 0; v < AG_NV; ++v) d[m][v] = vpaddq_s32(p[m][v][0], p[m][v][1]);
+}
+
+#define AG_NAME(x) x##_neon
+#define AG_ATTR
+#define AG_SUBDOT subdot_neon
+#include "kernels_igemm_arm.h"
+#undef AG_NAME
+#undef AG_ATTR
+#undef AG_SUBDOT
+
 /* ---------------- the table ---------------- */
 
 static const onnxq_kernel_table table_neon = {
@@ -396,6 +430,8 @@ static const onnxq_kernel_table table_neon = {
     .dot = {dot_q4_0_neon, dot_q4_1_neon, dot_q5_0_neon, dot_q5_1_neon, dot_q8_0_neon, dot_q4_K_neon, dot_q5_K_neon,
             dot_q6_K_neon},
     ONNXQ_NEON_SHARED_ENTRIES,
+    ONNXQ_ARM_GEXPAND(lane4),
+    AG_TABLE(neon),
 };
 
 const onnxq_kernel_table *onnxq_kernels_neon(void) { return &table_neon; }

@@ -38,11 +38,44 @@ static inline __attribute__((always_inline)) ONNXQ_DOTPROD int32x4_t nq_sum_sdot
 #undef NQ_ATTR
 #undef NQ_SUM
 
+/* Integer GEMM: d[m][v] = sum over steps [ks0, ks0 + nks) (lane4 panel) of codes . row m; one
+ * 16-byte activation load per 4 steps, SDOT by lane (nks is a multiple of 4). */
+static inline __attribute__((always_inline)) ONNXQ_DOTPROD void subdot_dotprod(const uint8_t *pb, int ks0, int nks,
+                                                                              const onnxq_qact *const *rows,
+                                                                              int64_t k0, int32x4_t d[AG_MR][AG_NV]) {
+    for (int m = 0; m < AG_MR; ++m)
+        for (int v = 0; v < AG_NV; ++v) d[m][v] = vdupq_n_s32(0);
+    for (int ks = 0; ks < nks; ks += 4) {
+        int8x16_t y[AG_MR];
+        for (int m = 0; m < AG_MR; ++m) y[m] = vld1q_s8(rows[m]->qs + k0 + 4 * ks);
+#define SDOT_STEP(l)                                                                                      \
+    for (int v = 0; v < AG_NV; ++v) {                                                                     \
+        const int8x16_t w = vld1q_s8((const int8_t *)pb + ((int64_t)(ks0 + ks + (l)) * AG_NC + 4 * v) * 4); \
+        for (int m = 0; m < AG_MR; ++m) d[m][v] = vdotq_laneq_s32(d[m][v], w, y[m], l);                    \
+    }
+        SDOT_STEP(0)
+        SDOT_STEP(1)
+        SDOT_STEP(2)
+        SDOT_STEP(3)
+#undef SDOT_STEP
+    }
+}
+
+#define AG_NAME(x) x##_dotprod
+#define AG_ATTR ONNXQ_DOTPROD
+#define AG_SUBDOT subdot_dotprod
+#include "kernels_igemm_arm.h"
+#undef AG_NAME
+#undef AG_ATTR
+#undef AG_SUBDOT
+
 static const onnxq_kernel_table table_dotprod = {
     .name = "dotprod",
     .dot = {dot_q4_0_dotprod, dot_q4_1_dotprod, dot_q5_0_dotprod, dot_q5_1_dotprod, dot_q8_0_dotprod,
             dot_q4_K_dotprod, dot_q5_K_dotprod, dot_q6_K_dotprod},
     ONNXQ_NEON_SHARED_ENTRIES,
+    ONNXQ_ARM_GEXPAND(lane4),
+    AG_TABLE(dotprod),
 };
 
 const onnxq_kernel_table *onnxq_kernels_dotprod(void) { return &table_dotprod; }
@@ -53,18 +86,6 @@ const onnxq_kernel_table *onnxq_kernels_dotprod(void) { return &table_dotprod; }
 
 /* The second activation row of an odd M's last pair. */
 static const int8_t ZEROS[QK_K];
-
-/* wp[p][jp] = rows 2p, 2p+1 x elements 8jp .. 8jp+7 (chunks 2jp and 2jp+1 of each row). */
-NQ_INLINE void nq_row_pairs(nq_codes w, int8x16_t wp[4][4]) {
-    NQ_UNROLL
-    for (int h = 0; h < 2; ++h)
-        NQ_UNROLL
-        for (int jp = 0; jp < 4; ++jp) {
-            const int32x4_t a = vreinterpretq_s32_s8(w[h][2 * jp]), b = vreinterpretq_s32_s8(w[h][2 * jp + 1]);
-            wp[2 * h][jp] = vreinterpretq_s8_s32(vzip1q_s32(a, b));
-            wp[2 * h + 1][jp] = vreinterpretq_s8_s32(vzip2q_s32(a, b));
-        }
-}
 
 /* s[p] = [y0.r, y0.r', y1.r, y1.r'] (r = 2p, r' = 2p + 1) over chunk pairs [jp0, jp1). */
 I8MM_INLINE void mm_sums(int8x16_t wp[4][4], const int8_t *y0, const int8_t *y1, int jp0, int jp1, int32x4_t s[4]) {
@@ -251,11 +272,46 @@ I8MM_ENTRY(q4_K, CALL_Q4_K)
 I8MM_ENTRY(q5_K, CALL_Q5_K)
 I8MM_ENTRY(q6_K, CALL_Q6_K)
 
+/* Integer GEMM: d[m][v] = sum over steps [ks0, ks0 + nks) of codes . row m, from the pair8
+ * panel: 8 elements per SMMLA (nks, ks0 even), activation rows in pairs 2rp, 2rp+1, each 2x2
+ * result [y0.c, y0.c', y1.c, y1.c'] of column pair cp; 64-bit zips give the row lanes back. */
+I8MM_INLINE void subdot_i8mm(const uint8_t *pb, int ks0, int nks, const onnxq_qact *const *rows, int64_t k0,
+                             int32x4_t d[AG_MR][AG_NV]) {
+    int32x4_t s[AG_MR / 2][AG_NC / 2];
+    for (int rp = 0; rp < AG_MR / 2; ++rp)
+        for (int cp = 0; cp < AG_NC / 2; ++cp) s[rp][cp] = vdupq_n_s32(0);
+    for (int k8 = 0; k8 < nks / 2; ++k8) {
+        int8x16_t yp[AG_MR / 2];
+        for (int rp = 0; rp < AG_MR / 2; ++rp)
+            yp[rp] = vcombine_s8(vld1_s8(rows[2 * rp]->qs + k0 + 8 * k8), vld1_s8(rows[2 * rp + 1]->qs + k0 + 8 * k8));
+        for (int cp = 0; cp < AG_NC / 2; ++cp) {
+            const int8x16_t w = vld1q_s8((const int8_t *)pb + ((int64_t)(ks0 / 2 + k8) * (AG_NC / 2) + cp) * 16);
+            for (int rp = 0; rp < AG_MR / 2; ++rp) s[rp][cp] = vmmlaq_s32(s[rp][cp], yp[rp], w);
+        }
+    }
+    for (int rp = 0; rp < AG_MR / 2; ++rp)
+        for (int v = 0; v < AG_NV; ++v) {
+            const int64x2_t a = vreinterpretq_s64_s32(s[rp][2 * v]), b = vreinterpretq_s64_s32(s[rp][2 * v + 1]);
+            d[2 * rp][v] = vreinterpretq_s32_s64(vzip1q_s64(a, b));
+            d[2 * rp + 1][v] = vreinterpretq_s32_s64(vzip2q_s64(a, b));
+        }
+}
+
+#define AG_NAME(x) x##_i8mm
+#define AG_ATTR ONNXQ_I8MM
+#define AG_SUBDOT subdot_i8mm
+#include "kernels_igemm_arm.h"
+#undef AG_NAME
+#undef AG_ATTR
+#undef AG_SUBDOT
+
 static const onnxq_kernel_table table_i8mm = {
     .name = "i8mm",
     .dot = {dot_q4_0_i8mm, dot_q4_1_i8mm, dot_q5_0_i8mm, dot_q5_1_i8mm, dot_q8_0_i8mm, dot_q4_K_i8mm, dot_q5_K_i8mm,
             dot_q6_K_i8mm},
     ONNXQ_NEON_SHARED_ENTRIES,
+    ONNXQ_ARM_GEXPAND(pair8),
+    AG_TABLE(i8mm),
 };
 
 const onnxq_kernel_table *onnxq_kernels_i8mm(void) { return &table_i8mm; }

@@ -43,7 +43,7 @@ int main(void) {
         {ONNXQ_TYPE_Q5_1, -1, 45},  {ONNXQ_TYPE_Q8_0, -1, 300}, {ONNXQ_TYPE_Q4_K, ONNXQ_TYPE_Q8_0, 300},
         {ONNXQ_TYPE_Q5_K, ONNXQ_TYPE_Q4_1, 290}, {ONNXQ_TYPE_Q6_K, -1, 520},
     };
-    static const int64_t Ms[] = {1, 3, 17};
+    static const int64_t Ms[] = {1, 3, 17, 64}; /* 17, 64: the integer GEMM where the level has one */
     const int64_t N = 9;
     printf("isa %s\n", h_isa());
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; ++c) {
@@ -57,9 +57,9 @@ int main(void) {
             for (int64_t b = 0; b < L.n_tail; ++b)
                 fill_block(L.tail_type, W + n * rb + L.main_bytes + b * onnxq_type_traits_of(L.tail_type)->type_size);
         }
-        float *X = malloc(sizeof(float) * (size_t)(17 * K)), *Y = malloc(sizeof(float) * (size_t)(17 * N));
-        for (int64_t i = 0; i < 17 * K; ++i) X[i] = unif();
-        for (int mi = 0; mi < 3; ++mi)
+        float *X = malloc(sizeof(float) * (size_t)(64 * K)), *Y = malloc(sizeof(float) * (size_t)(64 * N));
+        for (int64_t i = 0; i < 64 * K; ++i) X[i] = unif();
+        for (int mi = 0; mi < 4; ++mi)
             for (int mode = 1; mode >= 0; --mode) {
                 const int64_t M = Ms[mi];
                 if (h_matmul(cases[c].type, cases[c].tail, K, N, W, X, M, NULL, Y, mode, 2) != 0) return 3;

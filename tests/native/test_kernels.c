@@ -16,6 +16,9 @@
  *             dequantization on its own)
  *   odd       every type with K not a multiple of 256 (padded blocks, tails), N = 1 and 9,
  *             M in {1, 3, 17, 64}
+ *   igemm driver  fast mode at M in {16, 17, 64} (the integer GEMM) == the same level's
+ *             row-by-row GEMV bits, every type, odd shapes, N in {1, 9, 40}; on aarch64
+ *             also == the scalar kernels' bits
  *
  * Prints one line per failure and "N passed, M failed" at the end; exit status 1 on failure.
  */
@@ -66,6 +69,18 @@ static const layout_case ODD_LAYOUTS[] = {
     {ONNXQ_TYPE_Q4_K, -1, 300}, {ONNXQ_TYPE_Q5_K, -1, 260}, {ONNXQ_TYPE_Q6_K, -1, 700},
 };
 
+/* N random rows of a layout (main blocks, then the tail's), random scales. */
+static uint8_t *random_weight(const layout_case *lc, const onnxq_row_layout *L, int64_t N) {
+    uint8_t *W = malloc((size_t)(N * L->row_bytes));
+    for (int64_t n = 0; n < N; ++n) {
+        uint8_t *row = W + n * L->row_bytes;
+        for (int64_t b = 0; b < L->n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
+        for (int64_t b = 0; b < L->n_tail; ++b)
+            random_block(lc->tail, row + L->main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
+    }
+    return W;
+}
+
 /* One layout with N rows: gather bit-exact and matmul within tolerance of a float64
  * reference, for every ISA level this CPU runs, both modes, each M in Ms. */
 static void check_layout(const layout_case *lc, int64_t N, const int64_t *Ms, int nM) {
@@ -77,13 +92,7 @@ static void check_layout(const layout_case *lc, int64_t N, const int64_t *Ms, in
     const int64_t K = lc->K;
     int64_t Mmax = 1;
     for (int i = 0; i < nM; ++i) Mmax = Ms[i] > Mmax ? Ms[i] : Mmax;
-    uint8_t *W = malloc((size_t)(N * L.row_bytes));
-    for (int64_t n = 0; n < N; ++n) {
-        uint8_t *row = W + n * L.row_bytes;
-        for (int64_t b = 0; b < L.n_main; ++b) random_block(lc->type, row + b * tsize(lc->type), SCALES_RANDOM);
-        for (int64_t b = 0; b < L.n_tail; ++b)
-            random_block(lc->tail, row + L.main_bytes + b * tsize(lc->tail), SCALES_RANDOM);
-    }
+    uint8_t *W = random_weight(lc, &L, N);
     /* reference: dequantize every row */
     float *Wd = malloc(sizeof(float) * (size_t)(N * K)), scratch[QK_K];
     for (int64_t n = 0; n < N; ++n) onnxq_dequantize_row(&L, W + n * L.row_bytes, Wd + n * K, scratch);
@@ -157,6 +166,64 @@ static void test_matmul_and_gather(void) {
         for (int ni = 0; ni < 2; ++ni) check_layout(&ODD_LAYOUTS[li], odd_Ns[ni], odd_Ms, 4);
 }
 
+/* Fast mode from ONNXQ_IGEMM_MIN_M rows on takes a level's integer GEMM where it has one:
+ * the whole driver (tiles, K chunks, tails, bias, 3 threads) must give the bits of the same
+ * level's row-by-row GEMV path (M = 1, the dot kernels) for every type and odd shape; and
+ * on aarch64, whose dot kernels repeat the scalar float tail, the scalar kernels' bits. */
+static int g_igemm_driver_checks[ONNXQ_ISA_COUNT]; /* per level, printed for tests/test_ops_aarch64.py */
+static void check_igemm_driver(const layout_case *lc, int64_t N) {
+    onnxq_row_layout L;
+    if (onnxq_row_layout_init(&L, lc->type, lc->tail, lc->K) != ONNXQ_LAYOUT_OK) {
+        CHECK(0, "layout %s K %lld", tname(lc->type), (long long)lc->K);
+        return;
+    }
+    const int64_t K = lc->K, Mmax = 64, Ms[] = {16, 17, 64};
+    uint8_t *W = random_weight(lc, &L, N);
+    float *X = malloc(sizeof(float) * (size_t)(Mmax * K)), *bias = malloc(sizeof(float) * (size_t)N);
+    float *Yg = malloc(sizeof(float) * (size_t)(Mmax * N)), *Yr = malloc(sizeof(float) * (size_t)(Mmax * N));
+    float *Ys = malloc(sizeof(float) * (size_t)(Mmax * N));
+    for (int64_t i = 0; i < Mmax * K; ++i) X[i] = rnd_normal();
+    for (int64_t n = 0; n < N; ++n) bias[n] = rnd_normal();
+    int have_scalar = h_set_isa(ONNXQ_ISA_SCALAR);
+    for (int64_t m = 0; m < Mmax && have_scalar; ++m)
+        have_scalar = h_matmul(lc->type, lc->tail, K, N, W, X + m * K, 1, bias, Ys + m * N, ONNXQ_MODE_FAST, 1) == 0;
+    CHECK(have_scalar, "scalar gemv %s K %lld", tname(lc->type), (long long)K);
+    for (int isa = 1; isa < ONNXQ_ISA_COUNT; ++isa) {
+        if (!h_set_isa(isa) || !onnxq_kernels_for_isa(isa)->igemm[0]) continue;
+        g_igemm_driver_checks[isa] += isa >= ONNXQ_ISA_NEON ? 6 : 3;
+        int ok = 1;
+        for (int64_t m = 0; m < Mmax && ok; ++m)
+            ok = h_matmul(lc->type, lc->tail, K, N, W, X + m * K, 1, bias, Yr + m * N, ONNXQ_MODE_FAST, 1) == 0;
+        for (int mi = 0; mi < 3 && ok; ++mi) {
+            const int64_t M = Ms[mi];
+            for (int64_t i = 0; i < M * N; ++i) Yg[i] = NAN;
+            ok = h_matmul(lc->type, lc->tail, K, N, W, X, M, bias, Yg, ONNXQ_MODE_FAST, 3) == 0;
+            CHECK(ok && !memcmp(Yg, Yr, sizeof(float) * (size_t)(M * N)),
+                  "igemm driver %s tail %d K %lld N %lld M %lld isa %s: not the GEMV path's bits", tname(lc->type),
+                  lc->tail, (long long)K, (long long)N, (long long)M, h_isa());
+            if (isa >= ONNXQ_ISA_NEON)
+                CHECK(!memcmp(Yg, Ys, sizeof(float) * (size_t)(M * N)),
+                      "igemm driver %s tail %d K %lld N %lld M %lld isa %s: not the scalar kernels' bits",
+                      tname(lc->type), lc->tail, (long long)K, (long long)N, (long long)M, h_isa());
+        }
+    }
+    free(Ys);
+    free(Yr);
+    free(Yg);
+    free(bias);
+    free(X);
+    free(W);
+}
+
+static void test_igemm_driver(void) {
+    const int64_t Ns[] = {1, 9, 40};
+    for (int li = 0; li < (int)(sizeof ODD_LAYOUTS / sizeof ODD_LAYOUTS[0]); ++li)
+        for (int ni = 0; ni < 3; ++ni) check_igemm_driver(&ODD_LAYOUTS[li], Ns[ni]);
+    for (int li = 0; li < (int)(sizeof LAYOUTS / sizeof LAYOUTS[0]); ++li) check_igemm_driver(&LAYOUTS[li], 33);
+    for (int isa = 1; isa < ONNXQ_ISA_COUNT; ++isa)
+        if (g_igemm_driver_checks[isa]) printf("igemm driver %s %d\n", onnxq_kernels_for_isa(isa)->name, g_igemm_driver_checks[isa]);
+}
+
 int main(void) {
     test_repack();
     for (int isa = 1; isa < ONNXQ_ISA_COUNT; ++isa) {
@@ -176,6 +243,7 @@ int main(void) {
     }
     test_panel(&onnxq_kernels_scalar); /* scalar panels against ggml_dequant.h */
     test_matmul_and_gather();
+    test_igemm_driver();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
