@@ -136,17 +136,23 @@ AVX2_INLINE void i2_impl32(const int type, const uint8_t *panel, int64_t b0, int
             for (int m = 0; m < I2_MR; ++m) y[m] = R.qs[m] + 32 * ab;
             __m256i d[I2_MR][2];
             i2_dot32(type, pb, v0, nv, y, d);
+            __m256 dx[2], m1[2];
             for (int v = 0; v < nv; ++v) {
-                const __m256 dx = _mm256_loadu_ps((const float *)(pb + 8 * I2_STEP + 32 * (v0 + v)));
-                for (int m = 0; m < I2_MR; ++m) {
-                    const float dy = R.d[m][ab];
+                dx[v] = _mm256_loadu_ps((const float *)(pb + 8 * I2_STEP + 32 * (v0 + v)));
+                if (sh.nf == 2) m1[v] = _mm256_loadu_ps((const float *)(pb + 9 * I2_STEP + 32 * (v0 + v)));
+            }
+            /* row by row: dy and the offset are read once per row (a store to C may alias them) */
+            for (int m = 0; m < I2_MR; ++m) {
+                const float dy = R.d[m][ab];
+                const int32_t isum = R.isum[m][ab];
+                const __m256 dyv = _mm256_set1_ps(dy);
+                const __m256i off = _mm256_set1_epi32(off_shift >= 0 ? (int32_t)((uint32_t)isum << off_shift) : 0);
+                for (int v = 0; v < nv; ++v) {
                     __m256i s = d[m][v];
-                    if (off_shift >= 0) s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_set1_epi32(R.isum[m][ab]), off_shift));
+                    if (off_shift >= 0) s = _mm256_sub_epi32(s, off);
                     float *c = C + m * ldc + 8 * (v0 + v);
-                    __m256 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_set1_ps(dy)), _mm256_loadu_ps(c));
-                    if (sh.nf == 2)
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)(pb + 9 * I2_STEP + 32 * (v0 + v))),
-                                              _mm256_set1_ps(dy * (float)R.isum[m][ab]), acc);
+                    __m256 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx[v], dyv), _mm256_loadu_ps(c));
+                    if (sh.nf == 2) acc = _mm256_fmadd_ps(m1[v], _mm256_set1_ps(dy * (float)isum), acc);
                     _mm256_storeu_ps(c, acc);
                 }
             }
