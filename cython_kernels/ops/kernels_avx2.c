@@ -833,30 +833,19 @@ GEXPAND_ENTRY(q5_K, ONNXQ_TYPE_Q5_K)
 GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
 #undef GEXPAND_ENTRY
 
-/* The integer GEMM micro-kernels: 4 rows x 8 columns, maddubs (kernels_igemm_x86.h). */
-#define IG_NAME(x) x##_avx2
-#define IG_ATTR "avx2,fma,f16c"
-#ifndef ONNXQ_AVX2_IG_MR
-#define ONNXQ_AVX2_IG_MR 4
-#endif
-#define IG_MR ONNXQ_AVX2_IG_MR
-#define IG_NV 2
-#define IG_AVX2 1
-#include "kernels_igemm_x86.h"
-#undef IG_NAME
-#undef IG_ATTR
-#undef IG_AVX2
-#undef IG_MR
-#define IG_MR 4
-
-/* AVX-VNNI (VEX vpdpbusd on ymm, 16 registers): the same tile with one instruction per step. */
+/* AVX-VNNI (VEX vpdpbusd on ymm, 16 registers): 4 rows x 16 columns, one instruction per step. */
 #define IG_NAME(x) x##_avxvnni
 #define IG_ATTR "avxvnni,avx2,fma,f16c"
+#define IG_MR 4
+#define IG_NV 2
 #define IG_VEXVNNI 1
 #include "kernels_igemm_x86.h"
 #undef IG_NAME
 #undef IG_ATTR
 #undef IG_VEXVNNI
+
+/* AVX2 (maddubs): its own micro-kernels, shaped for 16 registers without VNNI. */
+#include "kernels_igemm_avx2.h"
 
 /* Everything but the name and the GEMM micro-kernels: AVX2 and AVX-VNNI share it (the dot
  * kernels stay AVX2's at both levels: decode is bound by memory bandwidth, and one dot per
@@ -868,10 +857,10 @@ GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
               onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},    \
     .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,         \
              onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},        \
-    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_ng = IG_NV
+    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_ng = I2_NG
 
 static const onnxq_kernel_table table_avx2 = {
-    .name = "avx2", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avx2), .igemm_mr = ONNXQ_AVX2_IG_MR};
+    .name = "avx2", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avx2), .igemm_mr = I2_MR};
 /* AVX-VNNI: the AVX2 table with the VNNI micro-kernels. */
 static const onnxq_kernel_table table_avxvnni = {
     .name = "avxvnni", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avxvnni), .igemm_mr = IG_MR};

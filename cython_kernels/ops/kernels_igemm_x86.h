@@ -1,10 +1,9 @@
 /*
- * The x86 integer GEMM micro-kernel, a template: each including file defines
- *   IG_NAME(x)  the name suffix of its functions (x##_avx2, x##_avxvnni, x##_avx512)
+ * The x86 VNNI integer GEMM micro-kernel, a template (AVX2 without VNNI: kernels_igemm_avx2.h): each including file defines
+ *   IG_NAME(x)  the name suffix of its functions (x##_avxvnni, x##_avx512)
  *   IG_ATTR     the target attribute string
  *   IG_MR       rows of the register tile; IG_NV vectors of columns (8 columns per ymm, 16 per zmm)
  *   IG_ZMM      1 for 512-bit vectors (needs the file's dpbusd), else ymm
- *   IG_AVX2     1: no VNNI, maddubs into int16 runs as long as they cannot overflow, then vpmaddwd
  *   IG_VEXVNNI  1: AVX-VNNI (VEX vpdpbusd on ymm)
  * and gets onnxq_kernel_table-ready entry points igemm_<type>_<suffix> plus IGEMM_TABLE(suffix).
  *
@@ -76,50 +75,11 @@ static inline int32_t ig_rd32(const void *p) {
 }
 #endif
 
-/* d[m][v] (+)= sum over steps [ks0, ks0 + nks) of codes . activations (row m from element k0);
- * AVX2 only: each int16 run is widened by vpmaddwd against mul[v] (ones, or a sub-block scale in
- * both int16 halves of a lane, which scales while it widens). */
+/* d[m][v] = sum over steps [ks0, ks0 + nks) of codes . activations (row m from element k0). */
 IG_INLINE void IG_NAME(ig_subdot)(const int type, const uint8_t *pb, const int ks0, const int nks,
-                                  const onnxq_qact *const *rows, int64_t k0, IG_W d[IG_MR][IG_NV],
-                                  const IG_W *mul, const int accumulate) {
-    if (!accumulate)
-        for (int m = 0; m < IG_MR; ++m)
-            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ZERO();
-#if IG_AVX2
-    /* int16 runs: pairs of products <= 2*15*127 (4-bit), 2*31*127 (5-bit), 2*63*127 (6-bit), 2*128*127 (8-bit, sign trick) */
-    const int run = type == ONNXQ_TYPE_Q8_0 ? 1
-                    : type == ONNXQ_TYPE_Q6_K ? 2
-                    : (type == ONNXQ_TYPE_Q5_0 || type == ONNXQ_TYPE_Q5_1 || type == ONNXQ_TYPE_Q5_K) ? 4 : 8;
-    ONNXQ_UNROLL
-    for (int r0 = 0; r0 < nks; r0 += run) {
-        __m256i t[IG_MR][IG_NV];
-        for (int m = 0; m < IG_MR; ++m)
-            for (int v = 0; v < IG_NV; ++v) t[m][v] = _mm256_setzero_si256(); /* x + 0 folds away */
-        /* rolled: unrolled, GCC hoists every maddubs ahead of the adds and spills them */
-        ONNXQ_PRAGMA(GCC unroll 1)
-        for (int ks = r0; ks < r0 + run; ++ks) {
-            __m256i w[IG_NV], aw[IG_NV];
-            for (int v = 0; v < IG_NV; ++v) {
-                w[v] = IG_LD(pb + ((int64_t)(ks0 + ks) * IG_NG) * 32 + v * IG_VB);
-                if (type == ONNXQ_TYPE_Q8_0) { /* back to signed: maddubs(|w|, y * sign(w)) */
-                    w[v] = _mm256_xor_si256(w[v], _mm256_set1_epi8((char)0x80));
-                    aw[v] = _mm256_sign_epi8(w[v], w[v]);
-                }
-            }
-            for (int m = 0; m < IG_MR; ++m) {
-                const __m256i y = IG_BC32(rows[m]->qs + k0 + 4 * ks);
-                for (int v = 0; v < IG_NV; ++v) {
-                    const __m256i p = type == ONNXQ_TYPE_Q8_0 ? _mm256_maddubs_epi16(aw[v], _mm256_sign_epi8(y, w[v]))
-                                                              : _mm256_maddubs_epi16(w[v], y);
-                    t[m][v] = _mm256_add_epi16(t[m][v], p);
-                }
-            }
-        }
-        for (int m = 0; m < IG_MR; ++m)
-            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ADD(d[m][v], _mm256_madd_epi16(t[m][v], mul[v]));
-    }
-#else
-    (void)mul;
+                                  const onnxq_qact *const *rows, int64_t k0, IG_W d[IG_MR][IG_NV]) {
+    for (int m = 0; m < IG_MR; ++m)
+        for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ZERO();
     ONNXQ_UNROLL
     for (int ks = 0; ks < nks; ++ks) {
         IG_W w[IG_NV];
@@ -130,7 +90,6 @@ IG_INLINE void IG_NAME(ig_subdot)(const int type, const uint8_t *pb, const int k
         }
     }
     (void)type;
-#endif
 }
 
 /* Vector v of field f (0 = f0, 1 = f1, ...) of a panel block. */
@@ -157,28 +116,18 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
 #define IG_ACC_LOAD(m, v) (acc[m][v] = IG_LDF(C + (m) * ldc + (v) * (IG_VB / 4)))
 #define IG_ACC_STORE(m, v) IG_STF(C + (m) * ldc + (v) * (IG_VB / 4), acc[m][v])
 #endif
-#if IG_AVX2
-    IG_W ones[IG_NV];
-    for (int v = 0; v < IG_NV; ++v) ones[v] = _mm256_set1_epi16(1);
-#else
-    const IG_W *const ones = NULL;
-#endif
     for (int64_t b = 0; b < nblk; ++b) {
         const uint8_t *pb = panel + b * pbytes;
         const int64_t ab = b0 + b;
         IG_W d[IG_MR][IG_NV];
         if (sh.nks == 8) { /* 32-element blocks */
-            IG_NAME(ig_subdot)(type, pb, 0, 8, rows, 32 * ab, d, ones, 0);
+            IG_NAME(ig_subdot)(type, pb, 0, 8, rows, 32 * ab, d);
             for (int v = 0; v < IG_NV; ++v) {
                 const IG_F dx = IG_LDF(IG_FIELD(pb, 8, 0, v));
                 for (int m = 0; m < IG_MR; ++m) {
                     const float dy = rows[m]->d[ab];
                     IG_W s = d[m][v];
-#if IG_AVX2
-                    if (off_shift >= 0 && type != ONNXQ_TYPE_Q8_0) s = IG_SUB(s, IG_SLLI(IG_SETI(rows[m]->isum[ab]), off_shift));
-#else
                     if (off_shift >= 0) s = IG_SUB(s, IG_SLLI(IG_SETI(rows[m]->isum[ab]), off_shift));
-#endif
                     IG_ACC_LOAD(m, v);
                     acc[m][v] = IG_FMA(IG_CVT(s), IG_MULF(dx, IG_SETF(dy)), acc[m][v]);
                     if (sh.nf == 2)
@@ -191,26 +140,14 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
         /* K-quant super-block: scaled sub-block sums */
         IG_W isc[IG_MR][IG_NV];
         const int sub = sh.nks / sh.nsub, scf = sh.nf; /* steps per sub-block; sc field index */
-#if IG_AVX2
-        /* the int16 runs are scaled while widened: isc is the sum of every sub-block's madd */
         for (int s = 0; s < sh.nsub; ++s) {
-            IG_W scd[IG_NV];
-            for (int v = 0; v < IG_NV; ++v) {
-                const IG_W sc = IG_LD(IG_FIELD(pb, sh.nks, scf + s, v));
-                scd[v] = _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
-            }
-            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, isc, scd, s > 0);
-        }
-#else
-        for (int s = 0; s < sh.nsub; ++s) {
-            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, d, ones, 0);
+            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, d);
             for (int v = 0; v < IG_NV; ++v) {
                 const IG_W sc = IG_LD(IG_FIELD(pb, sh.nks, scf + s, v));
                 for (int m = 0; m < IG_MR; ++m)
                     isc[m][v] = s ? IG_ADD(isc[m][v], IG_MULLO(d[m][v], sc)) : IG_MULLO(d[m][v], sc);
             }
         }
-#endif
         const int prf = scf + sh.nsub;
         for (int m = 0; m < IG_MR; ++m) {
             const float dy = rows[m]->d[ab];

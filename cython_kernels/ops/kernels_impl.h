@@ -153,7 +153,21 @@ typedef void (*onnxq_dequant_fn)(const uint8_t *block, float *y);
 typedef struct {
     int nks, nsub, npair, nf; /* 4-element steps per block, scale vectors, pair vectors, float vectors */
 } onnxq_igemm_shape;
-onnxq_igemm_shape onnxq_igemm_shape_of(int type);
+/* inline: the micro-kernels' loop bounds become constants */
+static inline onnxq_igemm_shape onnxq_igemm_shape_of(int type) {
+    switch (type) {
+    case ONNXQ_TYPE_Q4_0:
+    case ONNXQ_TYPE_Q5_0:
+    case ONNXQ_TYPE_Q8_0: return (onnxq_igemm_shape){8, 0, 0, 1};
+    case ONNXQ_TYPE_Q4_1:
+    case ONNXQ_TYPE_Q5_1: return (onnxq_igemm_shape){8, 0, 0, 2};
+    case ONNXQ_TYPE_Q4_K:
+    case ONNXQ_TYPE_Q5_K: return (onnxq_igemm_shape){64, 8, 4, 2};
+    case ONNXQ_TYPE_Q6_K: return (onnxq_igemm_shape){64, 16, 8, 1};
+    default: return (onnxq_igemm_shape){0, 0, 0, 0};
+    }
+}
+
 int64_t onnxq_igemm_block_bytes(int type, int ng);
 /* Expand blocks [b0, b0 + nblk) of groups g, g+1, .. (gd = group g's data, gstride bytes between
  * groups): nvalid <= ng real groups, the rest zero. */

@@ -295,6 +295,11 @@ static void quant_task(void *user, size_t t) {
 #ifndef ONNXQ_IGEMM_TILE_M
 #define ONNXQ_IGEMM_TILE_M 128  /* activation rows per task */
 #endif
+#ifndef ONNXQ_IGEMM_TASKS_PER_THREAD
+/* runs of tiles per thread: with 8, a thread slowed by another process held the rest up
+ * (2 cores, one shared with a busy process: 2-17 % slower than 32) */
+#define ONNXQ_IGEMM_TASKS_PER_THREAD 32
+#endif
 
 typedef struct {
     const onnxq_weight *w;
@@ -415,7 +420,8 @@ static int matmul_igemm(const onnxq_weight *w, const onnxq_kernel_table *T, onnx
     J.tile_g = (tg + ng - 1) / ng * ng;
     J.n_ntiles = (w->n_groups + J.tile_g - 1) / J.tile_g;
     J.n_tiles = J.n_ntiles * n_mtiles;
-    J.tiles_per_task = J.n_tiles / (8 * threads) > 1 ? J.n_tiles / (8 * threads) : 1; /* about 8 tasks per thread */
+    const int64_t per = J.n_tiles / (ONNXQ_IGEMM_TASKS_PER_THREAD * threads);
+    J.tiles_per_task = per > 1 ? per : 1;
     const int rc = run_tasks(run, igemm_task, (size_t)((J.n_tiles + J.tiles_per_task - 1) / J.tiles_per_task), &J);
     return rc ? rc : atomic_load(&failed) ? ONNXQ_KERNEL_NOMEM : ONNXQ_KERNEL_OK;
 }

@@ -217,20 +217,6 @@ void onnxq_unpack_group_block(int type, const uint8_t *gb, int r, uint8_t *out) 
     }
 }
 
-onnxq_igemm_shape onnxq_igemm_shape_of(int type) {
-    switch (type) {
-    case ONNXQ_TYPE_Q4_0:
-    case ONNXQ_TYPE_Q5_0:
-    case ONNXQ_TYPE_Q8_0: return (onnxq_igemm_shape){8, 0, 0, 1};
-    case ONNXQ_TYPE_Q4_1:
-    case ONNXQ_TYPE_Q5_1: return (onnxq_igemm_shape){8, 0, 0, 2};
-    case ONNXQ_TYPE_Q4_K:
-    case ONNXQ_TYPE_Q5_K: return (onnxq_igemm_shape){64, 8, 4, 2};
-    case ONNXQ_TYPE_Q6_K: return (onnxq_igemm_shape){64, 16, 8, 1};
-    default: return (onnxq_igemm_shape){0, 0, 0, 0};
-    }
-}
-
 int64_t onnxq_igemm_block_bytes(int type, int ng) {
     const onnxq_igemm_shape s = onnxq_igemm_shape_of(type);
     /* every field is one 32-byte vector (8 lanes) per group and step/scale */
