@@ -307,16 +307,16 @@ def allocate(table: CostTable, budget_bytes: int) -> Dict[str, str]:
     left), and a multiple-choice knapsack solved exactly by dynamic programming over bytes
     rounded up to a grid (:func:`_knapsack`), which trades: it downgrades small units to
     afford one large upgrade when that lowers the total cost."""
-    low, _ = table.bounds()
-    if budget_bytes < low:
-        raise RecipeError(f"budget of {budget_bytes:,} bytes for the weights is below the smallest plan "
-                          f"({low:,} bytes: every weight in its smallest type)")
     return next(iter(alternatives(table, budget_bytes).values()))
 
 
 def alternatives(table: CostTable, budget_bytes: int) -> Dict[str, Dict[str, str]]:
     """Both solvers' mixes, ``{"greedy": mix, "knapsack": mix}`` (one entry when they agree),
     the one :func:`allocate` returns first."""
+    low, _ = table.bounds()
+    if budget_bytes < low:
+        raise RecipeError(f"budget of {budget_bytes:,} bytes for the weights is below the smallest plan "
+                          f"({low:,} bytes: every weight in its smallest type)")
     greedy, exact = _greedy(table, budget_bytes), _knapsack(table, budget_bytes)
     if greedy == exact:
         return {"greedy": greedy}
@@ -511,7 +511,7 @@ class BudgetReport:
                  + (f"measured {self.measured:.4g} end to end" if self.measured is not None else "not measured")]
         if self.compared:
             lines.append("solvers' mixes (predicted / measured loss): " + ", ".join(
-                f"{n} {p:.4g} / " + (f"{m:.4g}" if m is not None else "not within 1 % of the budget")
+                f"{n} {p:.4g} / " + (f"{m:.4g}" if m is not None else "not measured (over 1 % under the budget)")
                 for n, (p, m) in self.compared.items()) + f"; written: the {self.solver}'s")
         if corr is not None:
             lines.append(f"proxy check: {len(t.validation)} single-layer runs, correlation of log costs {corr:.3f}, "
@@ -656,6 +656,8 @@ def _allocate_checked(input, table: CostTable, limit: int, data, check: bool):
                            for u in table.units if mix[u.weight] != KEEP})
 
     name, measured = pick_measured(table, mixes, limit, loss)
+    if not measured:  # only one mix used the budget within 1 %: nothing to compare
+        return mixes[name], name, {}
     return mixes[name], name, {n: (plan_cost(table, mixes[n]), measured.get(n)) for n in mixes}
 
 
