@@ -317,3 +317,17 @@ def test_two_solvers_mixes_are_decided_by_measurement():
     assert pick_measured(table, close, limit, lambda mix: 0.25)[0] == "knapsack"
     # none within 1 %: all measured, the better written
     assert pick_measured(table, mixes, 10 * limit, loss) == ("greedy", {"knapsack": 1.0, "greedy": 0.5})
+
+
+@pytest.mark.parametrize("name", ["genai-smollm2", "dynamo-smollm2"])
+def test_budget_on_exports_with_external_data(name, tmp_path):
+    """onnxruntime-genai's and torch.onnx dynamo's exports keep their weights in a .data file
+    beside the model: the loss probe (a session made from bytes) must still read the norms and
+    other initializers that stay constants; the budget is met and the file measured."""
+    from exported_fixtures import model
+
+    out = str(tmp_path / "b.onnx")
+    b = quantize_to_budget(str(model(name)), out, target_bpw=6.0, progress=False).budget
+    assert 0.99 * 6.0 <= b.bits_per_weight <= 6.0
+    assert inspect_model(out).bits_per_weight == pytest.approx(b.bits_per_weight)
+    assert b.measured is not None and b.measured > 0

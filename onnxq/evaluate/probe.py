@@ -72,6 +72,15 @@ class _Reference:
         return float(np.mean([self.loss(i, run(b)) for i, b in enumerate(self.batches)]))
 
 
+def _inline(model: onnx.ModelProto, tensor: onnx.TensorProto, base_dir: Optional[str]) -> onnx.TensorProto:
+    """``tensor`` with its data in the proto (read from its external file if it has one)."""
+    from ..modelio import get_initializer_array, is_external
+
+    if not is_external(tensor):
+        return tensor
+    return onnx.numpy_helper.from_array(get_initializer_array(model, tensor, base_dir), tensor.name)
+
+
 class LossProbe:
     """The float ``model`` with ``weights`` (initializer names) as graph inputs, on ``batches``."""
 
@@ -90,7 +99,9 @@ class LossProbe:
             self.float[name] = np.ascontiguousarray(value, dtype=np.float32)
         probe = onnx.ModelProto()
         probe.CopyFrom(model)
-        kept = [t for t in probe.graph.initializer if t.name not in self.float]
+        # the session is made from bytes, where external data cannot be resolved: the
+        # initializers that stay (norms, biases: the probed weights are inputs) come inline
+        kept = [_inline(probe, t, base_dir) for t in probe.graph.initializer if t.name not in self.float]
         del probe.graph.initializer[:]
         probe.graph.initializer.extend(kept)
         for name, value in self.float.items():
