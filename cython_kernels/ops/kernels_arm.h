@@ -159,21 +159,12 @@ NQ_INLINE int32x4_t nq_q6_scale(const uint8_t *gb, int s, int h) {
     return nq_pair_s8(gb + GB_Q6_K_SC + 16 * (s >> 1) + 8 * h, s & 1);
 }
 
-/* Mins term of Q4_K/Q5_K, rows 4h..4h+3: sum_s m_s * bsum32_s (pairs of sub-blocks per multiply). */
-NQ_INLINE int32x4_t nq_qk_mins(const uint8_t *gb, int h, const int16_t *bsum32) {
-    int32x4_t t = vdupq_n_s32(0);
-    NQ_UNROLL
-    for (int p = 0; p < 4; ++p) {
-        /* lanes (r, e) of the mins against (bsum32[2p], bsum32[2p+1]) repeated */
-        const int16x8_t mn = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(gb + GB_QK_MN + 16 * p + 8 * h)));
-        int32_t pair;
-        memcpy(&pair, bsum32 + 2 * p, 4);
-        const int16x8_t by = vreinterpretq_s16_s32(vdupq_n_s32(pair));
-        const int32x4_t lo = vmull_s16(vget_low_s16(mn), vget_low_s16(by));
-        const int32x4_t hi = vmull_high_s16(mn, by);
-        t = vaddq_s32(t, vpaddq_s32(lo, hi));
-    }
-    return t;
+/* The K-quant float scales of sub-block s, rows 4h..4h+3 (d, dmin: the rows' fp16 scales
+ * as float): ds = d * sc_s and ms = dmin * mn_s, exact in fp32 (fp16 times a 6-bit integer). */
+NQ_INLINE void nq_qk_dsms(const uint8_t *gb, int s, int h, float32x4_t d, float32x4_t dmin, float32x4_t *ds,
+                          float32x4_t *ms) {
+    *ds = vmulq_f32(d, vcvtq_f32_s32(nq_qk_scale(gb, s, h)));
+    *ms = vmulq_f32(dmin, vcvtq_f32_s32(nq_qk_min(gb, s, h)));
 }
 
 /* ---------------- float tails of the fast dot products ----------------
@@ -191,11 +182,10 @@ NQ_INLINE float32x4_t nq_acc_asym(float32x4_t acc, int32x4_t sumi, float32x4_t d
     const float32x4_t t = vaddq_f32(vmulq_f32(vmulq_n_f32(dx, dy), vcvtq_f32_s32(sumi)), vmulq_n_f32(mx, dy * (float)ysum));
     return vaddq_f32(acc, t);
 }
-/* acc += (d * dy) * isc - (dmin * dy) * imn */
-NQ_INLINE float32x4_t nq_acc_qk(float32x4_t acc, int32x4_t isc, int32x4_t imn, float32x4_t d, float32x4_t dmin,
-                                float dy) {
-    const float32x4_t t = vsubq_f32(vmulq_f32(vmulq_n_f32(d, dy), vcvtq_f32_s32(isc)),
-                                    vmulq_f32(vmulq_n_f32(dmin, dy), vcvtq_f32_s32(imn)));
+/* K-quant 32-element block (kq32 contract): acc += (ds * dy) * dot - ms * (dy * ysum) */
+NQ_INLINE float32x4_t nq_acc_kq(float32x4_t acc, int32x4_t dot, float32x4_t ds, float32x4_t ms, float dy,
+                                int32_t ysum) {
+    const float32x4_t t = vsubq_f32(vmulq_f32(vmulq_n_f32(ds, dy), vcvtq_f32_s32(dot)), vmulq_n_f32(ms, dy * (float)ysum));
     return vaddq_f32(acc, t);
 }
 
@@ -217,8 +207,6 @@ NQ_INLINE void nq_prefetch(const uint8_t *gb, int64_t gbytes) {
 /* ---------------- shared by every ARM table (kernels_neon.c) ---------------- */
 
 void onnxq_neon_quant_q8_0(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
-void onnxq_neon_quant_q8_K(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
-                           int16_t *bsum32);
 void onnxq_neon_ukernel(int64_t kc, const float *const xrows[ONNXQ_MR], const float *pa, const float *pb, float *c,
                         int64_t ldc, int accumulate, const float *bias);
 #define ONNXQ_NEON_DECL(t)                                                                                  \
@@ -260,7 +248,7 @@ ONNXQ_FOR_EACH_WTYPE(ONNXQ_ARM_GEXPAND_DECL)
 
 /* The entries every ARM table shares. */
 #define ONNXQ_NEON_SHARED_ENTRIES                                                                            \
-    .quant_q8_0 = onnxq_neon_quant_q8_0, .quant_q8_K = onnxq_neon_quant_q8_K,                               \
+    .quant_q8_0 = onnxq_neon_quant_q8_0,                                                                    \
     .panel = {onnxq_neon_panel_q4_0, onnxq_neon_panel_q4_1, onnxq_neon_panel_q5_0, onnxq_neon_panel_q5_1,   \
               onnxq_neon_panel_q8_0, onnxq_neon_panel_q4_K, onnxq_neon_panel_q5_K, onnxq_neon_panel_q6_K},  \
     .fdot = {onnxq_neon_fdot_q4_0, onnxq_neon_fdot_q4_1, onnxq_neon_fdot_q5_0, onnxq_neon_fdot_q5_1,        \

@@ -43,7 +43,7 @@ NQ_INLINE void expand_block(const int type, const uint8_t *gb, uint8_t *pb, int 
     int8_t *codes = (int8_t *)pb;
     float *f0 = (float *)(pb + (int64_t)bs * nc), *f1 = f0 + nc;
     nq_codes w;
-    put_half8(f0, gi, gb);
+    if (type != ONNXQ_TYPE_Q4_K && type != ONNXQ_TYPE_Q5_K) put_half8(f0, gi, gb); /* d (Q4_K/Q5_K: ds instead) */
     switch (type) {
     case ONNXQ_TYPE_Q4_0: nq_expand_nib(gb + GB_Q4_0_QS, 8, w); break;
     case ONNXQ_TYPE_Q4_1: nq_expand_nib(gb + GB_Q4_1_QS, 0, w); put_half8(f1, gi, gb + GB_Q4_1_M); break;
@@ -54,17 +54,19 @@ NQ_INLINE void expand_block(const int type, const uint8_t *gb, uint8_t *pb, int 
         break;
     case ONNXQ_TYPE_Q8_0: nq_expand_q8(gb + GB_Q8_0_QS, w); break;
     case ONNXQ_TYPE_Q4_K:
-    case ONNXQ_TYPE_Q5_K: {
+    case ONNXQ_TYPE_Q5_K: { /* ds float[8][nc] (d * sc_s, exact in fp32), dmin float[nc], mn int16[8][nc] */
         const int q5 = type == ONNXQ_TYPE_Q5_K;
-        int32_t *sc = (int32_t *)(f1 + nc);
-        int16_t *mn = (int16_t *)(sc + 8 * nc);
-        put_half8(f1, gi, gb + GB_QK_DMIN);
+        float *ds = f0, *dmin = f0 + 8 * nc;
+        int16_t *mn = (int16_t *)(dmin + nc);
+        float32x4_t d[2];
+        nq_half8(gb, d);
+        put_half8(dmin, gi, gb + GB_QK_DMIN);
         for (int s = 0; s < 8; ++s) {
             nq_expand_qk(gb + (q5 ? GB_Q5_K_QS : GB_Q4_K_QS), q5 ? gb + GB_Q5_K_QH : NULL, s, w);
             put_unit(codes, nc, gi, s, w, pair8);
             NQ_UNROLL
             for (int h = 0; h < 2; ++h) {
-                vst1q_s32(sc + s * nc + 8 * gi + 4 * h, nq_qk_scale(gb, s, h));
+                vst1q_f32(ds + s * nc + 8 * gi + 4 * h, vmulq_f32(d[h], vcvtq_f32_s32(nq_qk_scale(gb, s, h))));
                 vst1_s16(mn + s * nc + 8 * gi + 4 * h, vmovn_s32(nq_qk_min(gb, s, h)));
             }
         }

@@ -13,11 +13,14 @@
  *   codes  bs * NC int8, signed (ggml offsets 8 / 16 / 32 taken out, as in the dot kernels):
  *          AG_PAIR8 0: [bs/4][NC][4]  (16 bytes = 4 columns x 4 consecutive elements)
  *          AG_PAIR8 1: [bs/8][NC/2][2][8] (16 bytes = 2 columns x 8 consecutive elements)
- *   f0     float[NC] d;  f1 float[NC] m (Q4_1 Q5_1) or dmin (Q4_K Q5_K)
- *   sc     int32[nsub][NC] sub-block scales (Q4_K Q5_K: 8 of 32 elements, Q6_K: 16 of 16)
- *   mn     int16[8][NC] sub-block mins (Q4_K Q5_K)
+ *   then, 32-element types: f0 float[NC] d;  f1 float[NC] m (Q4_1 Q5_1)
+ *         Q4_K Q5_K: ds float[8][NC] (d * sc_s, exact), dmin float[NC], mn int16[8][NC] (mins)
+ *         Q6_K:      d float[NC], sc int32[16][NC] (16-element sub-block scales)
+ *   (within onnxq_igemm_block_bytes: Q4_K/Q5_K use 52 * NC of its 56 * NC bytes after the codes;
+ *   ms = dmin * mn is one multiply per sub-block and column vector, shared by the AG_MR rows)
  * The float tail is the dot kernels' (kernels_arm.h nq_acc_*), operation for operation, on
- * exact integer sums: C is bit-identical to the table's dot kernel, whatever M and the tiling.
+ * exact integer sums per 32 activation elements (K-quants: kq32): C is bit-identical to the
+ * table's dot kernel, whatever M and the tiling.
  */
 
 #define AG_INLINE static inline __attribute__((always_inline)) AG_ATTR
@@ -46,55 +49,70 @@ AG_INLINE void AG_NAME(ag_blocks32)(const int type, const uint8_t *panel, int64_
     }
 }
 
-/* Q4_K Q5_K Q6_K: per super-block isc = sum_s sc_s * (sub-block sum), then the float tail
- * (Q4_K/Q5_K: minus dmin * sum_s m_s * bsum32_s). */
+/* Q4_K Q5_K Q6_K (kq32): per 32-element sub-block s of a super-block, activation block 8ab+s:
+ * exact int32 sums (Q6_K: its two 16-element sub-blocks times their int8 scales), then the dot
+ * kernels' float tail (nq_acc_kq / nq_acc_sym). The accumulators stay in registers over the run. */
 AG_INLINE void AG_NAME(ag_blocks_k)(const int type, const uint8_t *panel, int64_t b0, int64_t nblk,
-                                    const onnxq_qact *const *rows, float *C, int64_t ldc) {
+                                    const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {
     const int64_t pbytes = onnxq_igemm_block_bytes(type, AG_NG);
-    const int q6 = type == ONNXQ_TYPE_Q6_K, nsub = q6 ? 16 : 8, steps = q6 ? 4 : 8;
+    const int q6 = type == ONNXQ_TYPE_Q6_K;
+    float32x4_t acc[AG_MR][AG_NV];
+    for (int m = 0; m < AG_MR; ++m)
+        for (int v = 0; v < AG_NV; ++v) acc[m][v] = first ? vdupq_n_f32(0.0f) : vld1q_f32(C + m * ldc + 4 * v);
     for (int64_t b = 0; b < nblk; ++b) {
         const uint8_t *pb = panel + b * pbytes;
         const int64_t ab = b0 + b;
-        const float *f0 = (const float *)(pb + QK_K * AG_NC), *f1 = f0 + AG_NC;
-        const int32_t *sc = (const int32_t *)(f0 + (q6 ? 1 : 2) * AG_NC);
-        const int16_t *mn = (const int16_t *)(sc + 8 * AG_NC);
-        int32x4_t isc[AG_MR][AG_NV];
-        for (int s = 0; s < nsub; ++s) {
+        const float *f = (const float *)(pb + QK_K * AG_NC);
+        for (int s = 0; s < 8; ++s) {
+            const int64_t ai = 8 * ab + s, k0 = QK_K * ab + 32 * s;
             int32x4_t d[AG_MR][AG_NV];
-            AG_SUBDOT(pb, s * steps, steps, rows, QK_K * ab + 4 * steps * s, d);
-            NQ_UNROLL
-            for (int v = 0; v < AG_NV; ++v) {
-                const int32x4_t scv = vld1q_s32(sc + s * AG_NC + 4 * v);
-                for (int m = 0; m < AG_MR; ++m) isc[m][v] = s ? vmlaq_s32(isc[m][v], d[m][v], scv) : vmulq_s32(d[m][v], scv);
-            }
-        }
-        for (int m = 0; m < AG_MR; ++m) {
-            const float dy = rows[m]->d[ab];
-            const int16_t *bs = rows[m]->bsum32 + 8 * ab;
-            NQ_UNROLL
-            for (int v = 0; v < AG_NV; ++v) {
-                float *c = C + m * ldc + 4 * v;
-                const float32x4_t dv = vld1q_f32(f0 + 4 * v);
-                if (q6) {
-                    vst1q_f32(c, nq_acc_sym(vld1q_f32(c), isc[m][v], dv, dy));
-                    continue;
-                }
-                int32x4_t imn = vdupq_n_s32(0);
+            if (q6) { /* f: d[NC], then sc int32[16][NC] */
+                const int32_t *sc = (const int32_t *)(f + AG_NC);
+                int32x4_t isum[AG_MR][AG_NV];
+                AG_SUBDOT(pb, 8 * s, 4, rows, k0, d);
                 NQ_UNROLL
-                for (int s = 0; s < 8; ++s) imn = vmlal_n_s16(imn, vld1_s16(mn + s * AG_NC + 4 * v), bs[s]);
-                vst1q_f32(c, nq_acc_qk(vld1q_f32(c), isc[m][v], imn, dv, vld1q_f32(f1 + 4 * v), dy));
+                for (int v = 0; v < AG_NV; ++v) {
+                    const int32x4_t scv = vld1q_s32(sc + 2 * s * AG_NC + 4 * v);
+                    for (int m = 0; m < AG_MR; ++m) isum[m][v] = vmulq_s32(d[m][v], scv);
+                }
+                AG_SUBDOT(pb, 8 * s + 4, 4, rows, k0 + 16, d);
+                NQ_UNROLL
+                for (int v = 0; v < AG_NV; ++v) {
+                    const int32x4_t scv = vld1q_s32(sc + (2 * s + 1) * AG_NC + 4 * v);
+                    const float32x4_t dv = vld1q_f32(f + 4 * v);
+                    for (int m = 0; m < AG_MR; ++m)
+                        acc[m][v] = nq_acc_sym(acc[m][v], vmlaq_s32(isum[m][v], d[m][v], scv), dv, rows[m]->d[ai]);
+                }
+                continue;
+            }
+            /* f: ds float[8][NC], dmin float[NC], then mn int16[8][NC] (ms = dmin * mn, exact) */
+            const float *dmin = f + 8 * AG_NC;
+            const int16_t *mn = (const int16_t *)(dmin + AG_NC);
+            AG_SUBDOT(pb, 8 * s, 8, rows, k0, d);
+            NQ_UNROLL
+            for (int v = 0; v < AG_NV; ++v) {
+                const float32x4_t ds = vld1q_f32(f + s * AG_NC + 4 * v);
+                const float32x4_t ms =
+                    vmulq_f32(vld1q_f32(dmin + 4 * v), vcvtq_f32_s32(vmovl_s16(vld1_s16(mn + s * AG_NC + 4 * v))));
+                for (int m = 0; m < AG_MR; ++m)
+                    acc[m][v] = nq_acc_kq(acc[m][v], d[m][v], ds, ms, rows[m]->d[ai], rows[m]->isum[ai]);
             }
         }
     }
+    for (int m = 0; m < AG_MR; ++m)
+        for (int v = 0; v < AG_NV; ++v) vst1q_f32(C + m * ldc + 4 * v, acc[m][v]);
 }
 
 #define AG_ENTRY(t, TYPE)                                                                                       \
     static AG_ATTR void AG_NAME(igemm_##t)(const uint8_t *panel, int64_t b0, int64_t nblk,                    \
                                            const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {  \
+        if (onnxq_act_kind(TYPE) == ONNXQ_ACT_Q8_K) {                                                         \
+            AG_NAME(ag_blocks_k)(TYPE, panel, b0, nblk, rows, C, ldc, first);                                  \
+            return;                                                                                            \
+        }                                                                                                      \
         if (first)                                                                                             \
             for (int m = 0; m < AG_MR; ++m) memset(C + m * ldc, 0, sizeof(float) * AG_NC);                     \
-        if (onnxq_act_kind(TYPE) == ONNXQ_ACT_Q8_K) AG_NAME(ag_blocks_k)(TYPE, panel, b0, nblk, rows, C, ldc);   \
-        else AG_NAME(ag_blocks32)(TYPE, panel, b0, nblk, rows, C, ldc);                                        \
+        AG_NAME(ag_blocks32)(TYPE, panel, b0, nblk, rows, C, ldc);                                             \
     }
 ONNXQ_FOR_EACH_WTYPE(AG_ENTRY)
 #undef AG_ENTRY

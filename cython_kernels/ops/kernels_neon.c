@@ -56,21 +56,6 @@ void onnxq_neon_quant_q8_0(const float *x, int64_t n, int64_t nb, int8_t *qs, fl
     }
 }
 
-void onnxq_neon_quant_q8_K(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
-                           int16_t *bsum32) {
-    float buf[QK_K];
-    for (int64_t b = 0; b < nb; ++b) {
-        const float *src = block_src(x + b * QK_K, n - b * QK_K, QK_K, buf);
-        const float amax = vmaxnmvq_f32(absmax_acc(src, QK_K, vdupq_n_f32(0.0f)));
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        d[b] = amax / 127.0f;
-        int8_t *q = qs + b * QK_K;
-        for (int i = 0; i < QK_K; i += 32) quant32(src + i, id, q + i);
-        for (int j = 0; j < 16; ++j) bsum16[b * 16 + j] = vaddlvq_s8(vld1q_s8(q + 16 * j));
-        for (int j = 0; j < 8; ++j) bsum32[b * 8 + j] = (int16_t)(bsum16[b * 16 + 2 * j] + bsum16[b * 16 + 2 * j + 1]);
-    }
-}
-
 /* ---------------- fast-mode dot products, NEON level ---------------- */
 
 NQ_INLINE int32x4_t nq_sum_neon(const int8x16_t *w, const int8_t *y, int j0, int j1) {
@@ -432,6 +417,7 @@ static const onnxq_kernel_table table_neon = {
     ONNXQ_NEON_SHARED_ENTRIES,
     ONNXQ_ARM_GEXPAND(lane4),
     AG_TABLE(neon),
+    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_neon(void) { return &table_neon; }

@@ -7,7 +7,8 @@
  *   NQ_SUM(w, y, j0, j1)   int32x4_t: lane r = sum over chunks j in [j0, j1) of the 4
  *                 products w[j] lane r . y[4j .. 4j+3] (w: one half of an nq_codes).
  * Each function follows the scalar reference of its format in kernels_scalar.c: the same
- * exact integer sum per block (super-block for K-quants), the same float tail (kernels_arm.h).
+ * exact integer sum per 32 activation elements (K-quants too: their activations are blocks of
+ * 32 inside each super-block), the same float tail (kernels_arm.h).
  * Codes are signed (offsets taken out while expanding), so no offset terms are needed and
  * nothing overflows: the sums are int32 from the first product on.
  */
@@ -49,8 +50,9 @@ NQ_IMPL void NQ_FN(dot32_impl)(const int type, const uint8_t *g, int64_t nb, con
     nq_store_acc(acc, M, out);
 }
 
-/* Q4_K / Q5_K: per super-block isc = sum_s sc_s * sum(q*y) (<= 8*63*32*31*127, int32),
- * mins through the activation sums of 32. */
+/* Q4_K / Q5_K: every 32-element sub-block s is a Q4_1/Q5_1-like block against activation
+ * block 8b+s (kq32): dot = sum(q*y) exact in int32 (codes 0..31), ds/ms once per sub-block
+ * for all rows, the float tail per sub-block (nq_acc_kq). */
 NQ_IMPL void NQ_FN(dot_qk_impl)(const int is_q5, const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M,
                                 float *out) {
     const int64_t gbytes = is_q5 ? GB_Q5_K_BYTES : GB_Q4_K_BYTES;
@@ -60,60 +62,59 @@ NQ_IMPL void NQ_FN(dot_qk_impl)(const int is_q5, const uint8_t *g, int64_t nb, c
         const uint8_t *gb = g + b * gbytes;
         nq_prefetch(gb, gbytes);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS), *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
-        int32x4_t isc[8][2];
-        for (int m = 0; m < M; ++m) isc[m][0] = isc[m][1] = vdupq_n_s32(0);
-        for (int s = 0; s < 8; ++s) {
-            nq_codes w;
-            nq_expand_qk(qs, qh, s, w);
-            const int32x4_t sc0 = nq_qk_scale(gb, s, 0), sc1 = nq_qk_scale(gb, s, 1);
-            for (int m = 0; m < M; ++m) {
-                const int8_t *y = a[m].qs + QK_K * b + 32 * s;
-                isc[m][0] = vmlaq_s32(isc[m][0], NQ_SUM(w[0], y, 0, 8), sc0);
-                isc[m][1] = vmlaq_s32(isc[m][1], NQ_SUM(w[1], y, 0, 8), sc1);
-            }
-        }
         float32x4_t d[2], dmin[2];
         nq_half8(gb, d);
         nq_half8(gb + GB_QK_DMIN, dmin);
-        for (int m = 0; m < M; ++m)
+        for (int s = 0; s < 8; ++s) {
+            nq_codes w;
+            nq_expand_qk(qs, qh, s, w);
+            float32x4_t ds[2], ms[2];
             NQ_UNROLL
-            for (int h = 0; h < 2; ++h)
-                acc[m][h] = nq_acc_qk(acc[m][h], isc[m][h], nq_qk_mins(gb, h, a[m].bsum32 + 8 * b), d[h], dmin[h],
-                                      a[m].d[b]);
+            for (int h = 0; h < 2; ++h) nq_qk_dsms(gb, s, h, d[h], dmin[h], &ds[h], &ms[h]);
+            const int64_t ab = 8 * b + s;
+            for (int m = 0; m < M; ++m) {
+                const int8_t *y = a[m].qs + 32 * ab;
+                const float dy = a[m].d[ab];
+                const int32_t ysum = a[m].isum[ab];
+                NQ_UNROLL
+                for (int h = 0; h < 2; ++h) acc[m][h] = nq_acc_kq(acc[m][h], NQ_SUM(w[h], y, 0, 8), ds[h], ms[h], dy, ysum);
+            }
+        }
     }
     nq_store_acc(acc, M, out);
 }
 
-/* Q6_K: per super-block isc = sum_s sc_s * sum((L-32)*y) over 16 sub-blocks of 16. */
+/* Q6_K: quarter hq (elements 32hq .. 32hq+31) is activation block 8b+hq (kq32): its two
+ * 16-element sub-blocks' sums of (L-32)*y times their int8 scales, exact in int32 (the codes
+ * are signed, so the scalar reference's -32 * bsum16 is already in the sums), then
+ * acc += (d * dy) * isum per quarter. */
 NQ_IMPL void NQ_FN(dot_q6_K_impl)(const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M, float *out) {
     float32x4_t acc[8][2];
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *gb = g + b * GB_Q6_K_BYTES;
         nq_prefetch(gb, GB_Q6_K_BYTES);
-        int32x4_t isc[8][2];
-        for (int m = 0; m < M; ++m) isc[m][0] = isc[m][1] = vdupq_n_s32(0);
+        float32x4_t d[2];
+        nq_half8(gb, d);
         for (int hq = 0; hq < 8; ++hq) {
-            const int h6 = hq >> 2, q = hq & 3, s0 = 8 * h6 + 2 * q;
+            const int h6 = hq >> 2, q = hq & 3, s0 = 2 * hq;
             nq_codes w;
             nq_expand_q6(gb, h6, q, w);
             int32x4_t sc[2][2]; /* [sub-block s0 / s0+1][half] */
             NQ_UNROLL
             for (int h = 0; h < 2; ++h) sc[0][h] = nq_q6_scale(gb, s0, h), sc[1][h] = nq_q6_scale(gb, s0 + 1, h);
+            const int64_t ab = 8 * b + hq;
             for (int m = 0; m < M; ++m) {
-                const int8_t *y = a[m].qs + QK_K * b + 128 * h6 + 32 * q;
+                const int8_t *y = a[m].qs + 32 * ab;
+                const float dy = a[m].d[ab];
                 NQ_UNROLL
                 for (int h = 0; h < 2; ++h) {
-                    isc[m][h] = vmlaq_s32(isc[m][h], NQ_SUM(w[h], y, 0, 4), sc[0][h]);
-                    isc[m][h] = vmlaq_s32(isc[m][h], NQ_SUM(w[h], y, 4, 8), sc[1][h]);
+                    const int32x4_t isum =
+                        vmlaq_s32(vmulq_s32(NQ_SUM(w[h], y, 0, 4), sc[0][h]), NQ_SUM(w[h], y, 4, 8), sc[1][h]);
+                    acc[m][h] = nq_acc_sym(acc[m][h], isum, d[h], dy);
                 }
             }
         }
-        float32x4_t d[2];
-        nq_half8(gb, d);
-        for (int m = 0; m < M; ++m)
-            NQ_UNROLL
-            for (int h = 0; h < 2; ++h) acc[m][h] = nq_acc_sym(acc[m][h], isc[m][h], d[h], a[m].d[b]);
     }
     nq_store_acc(acc, M, out);
 }

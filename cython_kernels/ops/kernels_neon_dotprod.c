@@ -12,7 +12,8 @@
  *   multiply-adds where SDOT does 16, and the 8-row activation chunks of the fast path
  *   come in pairs. A single row (decode) would waste half of it: M = 1 stays on SDOT.
  *   The 2x2 results ([y0.r, y0.r', y1.r, y1.r']) are turned back into per-row lanes with
- *   64-bit zips once per block (K-quant scales are applied in the pair layout).
+ *   64-bit zips once per 32-element block (Q6_K's integer scales are applied in the pair
+ *   layout first; the K-quants' float tail runs per 32-element sub-block, kq32).
  * Both levels reproduce the scalar reference's integer sums exactly and its float tail
  * operation for operation (kernels_arm.h), so they give the scalar kernels' bits.
  */
@@ -76,6 +77,7 @@ static const onnxq_kernel_table table_dotprod = {
     ONNXQ_NEON_SHARED_ENTRIES,
     ONNXQ_ARM_GEXPAND(lane4),
     AG_TABLE(dotprod),
+    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_dotprod(void) { return &table_dotprod; }
@@ -85,7 +87,7 @@ const onnxq_kernel_table *onnxq_kernels_dotprod(void) { return &table_dotprod; }
 #define I8MM_INLINE static inline __attribute__((always_inline)) ONNXQ_I8MM
 
 /* The second activation row of an odd M's last pair. */
-static const int8_t ZEROS[QK_K];
+static const int8_t ZEROS[32]; /* the kernels read one 32-element block of it */
 
 /* s[p] = [y0.r, y0.r', y1.r, y1.r'] (r = 2p, r' = 2p + 1) over chunk pairs [jp0, jp1). */
 I8MM_INLINE void mm_sums(int8x16_t wp[4][4], const int8_t *y0, const int8_t *y1, int jp0, int jp1, int32x4_t s[4]) {
@@ -158,7 +160,8 @@ I8MM_INLINE void mm32_impl(const int type, const uint8_t *g, int64_t nb, const o
     nq_store_acc(acc, M, out);
 }
 
-/* Q4_K / Q5_K; M >= 2. Scales applied to each sub-block's 2x2 sums in the pair layout. */
+/* Q4_K / Q5_K; M >= 2: per 32-element sub-block (activation block 8b+s, kq32) the 2x2 sums
+ * back in row lanes, then the float tail of the dot kernels (nq_acc_kq). */
 I8MM_INLINE void mm_qk_impl(const int is_q5, const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M,
                              float *out) {
     const int64_t gbytes = is_q5 ? GB_Q5_K_BYTES : GB_Q4_K_BYTES;
@@ -168,53 +171,47 @@ I8MM_INLINE void mm_qk_impl(const int is_q5, const uint8_t *g, int64_t nb, const
         const uint8_t *gb = g + b * gbytes;
         nq_prefetch(gb, gbytes);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS), *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
-        int32x4_t isc[4][4]; /* [activation pair][row pair] */
-        for (int m = 0; m < M; m += 2)
-            for (int p = 0; p < 4; ++p) isc[m / 2][p] = vdupq_n_s32(0);
+        float32x4_t d[2], dmin[2];
+        nq_half8(gb, d);
+        nq_half8(gb + GB_QK_DMIN, dmin);
         for (int s = 0; s < 8; ++s) {
             nq_codes w;
             nq_expand_qk(qs, qh, s, w);
             int8x16_t wp[4][4];
             nq_row_pairs(w, wp);
-            const int32x4_t sc[2] = {nq_qk_scale(gb, s, 0), nq_qk_scale(gb, s, 1)};
-            int32x4_t sp[4];
-            nq_pair_scales(sc, sp);
+            float32x4_t ds[2], ms[2];
+            NQ_UNROLL
+            for (int h = 0; h < 2; ++h) nq_qk_dsms(gb, s, h, d[h], dmin[h], &ds[h], &ms[h]);
+            const int64_t ab = 8 * b + s;
             for (int m = 0; m < M; m += 2) {
-                const int8_t *y0 = a[m].qs + QK_K * b + 32 * s, *y1 = m + 1 < M ? a[m + 1].qs + QK_K * b + 32 * s : ZEROS;
-                int32x4_t t[4];
-                mm_sums(wp, y0, y1, 0, 4, t);
-                NQ_UNROLL
-                for (int p = 0; p < 4; ++p) isc[m / 2][p] = vmlaq_s32(isc[m / 2][p], t[p], sp[p]);
+                const int n2 = m + 1 < M ? 2 : 1;
+                int32x4_t t[4], r[2][2];
+                mm_sums(wp, a[m].qs + 32 * ab, n2 == 2 ? a[m + 1].qs + 32 * ab : ZEROS, 0, 4, t);
+                nq_unpair(t, r);
+                for (int e = 0; e < n2; ++e) {
+                    const float dy = a[m + e].d[ab];
+                    const int32_t ysum = a[m + e].isum[ab];
+                    NQ_UNROLL
+                    for (int h = 0; h < 2; ++h) acc[m + e][h] = nq_acc_kq(acc[m + e][h], r[e][h], ds[h], ms[h], dy, ysum);
+                }
             }
-        }
-        float32x4_t d[2], dmin[2];
-        nq_half8(gb, d);
-        nq_half8(gb + GB_QK_DMIN, dmin);
-        for (int m = 0; m < M; m += 2) {
-            int32x4_t r[2][2];
-            nq_unpair(isc[m / 2], r);
-            for (int e = 0; e < 2 && m + e < M; ++e)
-                NQ_UNROLL
-                for (int h = 0; h < 2; ++h)
-                    acc[m + e][h] = nq_acc_qk(acc[m + e][h], r[e][h], nq_qk_mins(gb, h, a[m + e].bsum32 + 8 * b), d[h],
-                                              dmin[h], a[m + e].d[b]);
         }
     }
     nq_store_acc(acc, M, out);
 }
 
-/* Q6_K; M >= 2. A quarter's sub-blocks of 16 are chunk pairs 0-1 and 2-3. */
+/* Q6_K; M >= 2. Quarter hq is activation block 8b+hq (kq32); its sub-blocks of 16 are chunk
+ * pairs 0-1 and 2-3, their int8 scales applied in the pair layout. */
 I8MM_INLINE void mm_q6_K_impl(const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M, float *out) {
     float32x4_t acc[8][2];
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *gb = g + b * GB_Q6_K_BYTES;
         nq_prefetch(gb, GB_Q6_K_BYTES);
-        int32x4_t isc[4][4];
-        for (int m = 0; m < M; m += 2)
-            for (int p = 0; p < 4; ++p) isc[m / 2][p] = vdupq_n_s32(0);
+        float32x4_t d[2];
+        nq_half8(gb, d);
         for (int hq = 0; hq < 8; ++hq) {
-            const int h6 = hq >> 2, q = hq & 3, s0 = 8 * h6 + 2 * q;
+            const int h6 = hq >> 2, q = hq & 3, s0 = 2 * hq;
             nq_codes w;
             nq_expand_q6(gb, h6, q, w);
             int8x16_t wp[4][4];
@@ -224,25 +221,20 @@ I8MM_INLINE void mm_q6_K_impl(const uint8_t *g, int64_t nb, const onnxq_qact *a,
             int32x4_t sp0[4], sp1[4];
             nq_pair_scales(sc0, sp0);
             nq_pair_scales(sc1, sp1);
+            const int64_t ab = 8 * b + hq;
             for (int m = 0; m < M; m += 2) {
-                const int64_t off = QK_K * b + 128 * h6 + 32 * q;
-                const int8_t *y0 = a[m].qs + off, *y1 = m + 1 < M ? a[m + 1].qs + off : ZEROS;
-                int32x4_t t0[4], t1[4];
+                const int n2 = m + 1 < M ? 2 : 1;
+                const int8_t *y0 = a[m].qs + 32 * ab, *y1 = n2 == 2 ? a[m + 1].qs + 32 * ab : ZEROS;
+                int32x4_t t0[4], t1[4], isum[4], r[2][2];
                 mm_sums(wp, y0, y1, 0, 2, t0);
                 mm_sums(wp, y0, y1, 2, 4, t1);
                 NQ_UNROLL
-                for (int p = 0; p < 4; ++p)
-                    isc[m / 2][p] = vmlaq_s32(vmlaq_s32(isc[m / 2][p], t0[p], sp0[p]), t1[p], sp1[p]);
+                for (int p = 0; p < 4; ++p) isum[p] = vmlaq_s32(vmulq_s32(t0[p], sp0[p]), t1[p], sp1[p]);
+                nq_unpair(isum, r);
+                for (int e = 0; e < n2; ++e)
+                    NQ_UNROLL
+                    for (int h = 0; h < 2; ++h) acc[m + e][h] = nq_acc_sym(acc[m + e][h], r[e][h], d[h], a[m + e].d[ab]);
             }
-        }
-        float32x4_t d[2];
-        nq_half8(gb, d);
-        for (int m = 0; m < M; m += 2) {
-            int32x4_t r[2][2];
-            nq_unpair(isc[m / 2], r);
-            for (int e = 0; e < 2 && m + e < M; ++e)
-                NQ_UNROLL
-                for (int h = 0; h < 2; ++h) acc[m + e][h] = nq_acc_sym(acc[m + e][h], r[e][h], d[h], a[m + e].d[b]);
         }
     }
     nq_store_acc(acc, M, out);
@@ -312,6 +304,7 @@ static const onnxq_kernel_table table_i8mm = {
     ONNXQ_NEON_SHARED_ENTRIES,
     ONNXQ_ARM_GEXPAND(pair8),
     AG_TABLE(i8mm),
+    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_i8mm(void) { return &table_i8mm; }
