@@ -25,94 +25,85 @@
 
 #define AG_INLINE static inline __attribute__((always_inline)) AG_ATTR
 
-/* Q4_0 Q5_0 Q8_0 Q4_1 Q5_1: per block, sums then the float tail. */
-AG_INLINE void AG_NAME(ag_blocks32)(const int type, const uint8_t *panel, int64_t b0, int64_t nblk,
-                                    const onnxq_qact *const *rows, float *C, int64_t ldc) {
-    const int64_t pbytes = onnxq_igemm_block_bytes(type, AG_NG);
+typedef float32x4_t AG_NAME(ag_acc)[AG_MR][AG_NV]; /* the C tile, in registers over a run of blocks */
+
+/* Q4_0 Q5_0 Q8_0 Q4_1 Q5_1: block ab (panel block pb): its sums, then the float tail. */
+AG_INLINE void AG_NAME(ag_block32)(const int type, const uint8_t *pb, int64_t ab, const onnxq_qact *const *rows,
+                                   AG_NAME(ag_acc) acc) {
     const int asym = type == ONNXQ_TYPE_Q4_1 || type == ONNXQ_TYPE_Q5_1;
-    for (int64_t b = 0; b < nblk; ++b) {
-        const uint8_t *pb = panel + b * pbytes;
-        const int64_t ab = b0 + b;
-        const float *f0 = (const float *)(pb + 32 * AG_NC), *f1 = f0 + AG_NC;
-        int32x4_t d[AG_MR][AG_NV];
-        AG_SUBDOT(pb, 0, 8, rows, 32 * ab, d);
-        for (int m = 0; m < AG_MR; ++m) {
-            const float dy = rows[m]->d[ab];
-            NQ_UNROLL
-            for (int v = 0; v < AG_NV; ++v) {
-                float *c = C + m * ldc + 4 * v;
-                const float32x4_t dx = vld1q_f32(f0 + 4 * v);
-                vst1q_f32(c, asym ? nq_acc_asym(vld1q_f32(c), d[m][v], dx, vld1q_f32(f1 + 4 * v), dy, rows[m]->isum[ab])
-                                  : nq_acc_sym(vld1q_f32(c), d[m][v], dx, dy));
-            }
-        }
+    const float *f0 = (const float *)(pb + 32 * AG_NC), *f1 = f0 + AG_NC;
+    int32x4_t d[AG_MR][AG_NV];
+    AG_SUBDOT(pb, 0, 8, rows, 32 * ab, d);
+    NQ_UNROLL
+    for (int v = 0; v < AG_NV; ++v) {
+        const float32x4_t dx = vld1q_f32(f0 + 4 * v), mx = asym ? vld1q_f32(f1 + 4 * v) : dx;
+        for (int m = 0; m < AG_MR; ++m)
+            acc[m][v] = asym ? nq_acc_asym(acc[m][v], d[m][v], dx, mx, rows[m]->d[ab], rows[m]->isum[ab])
+                             : nq_acc_sym(acc[m][v], d[m][v], dx, rows[m]->d[ab]);
     }
 }
 
-/* Q4_K Q5_K Q6_K (kq32): per 32-element sub-block s of a super-block, activation block 8ab+s:
- * exact int32 sums (Q6_K: its two 16-element sub-blocks times their int8 scales), then the dot
- * kernels' float tail (nq_acc_kq / nq_acc_sym). The accumulators stay in registers over the run. */
-AG_INLINE void AG_NAME(ag_blocks_k)(const int type, const uint8_t *panel, int64_t b0, int64_t nblk,
-                                    const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {
-    const int64_t pbytes = onnxq_igemm_block_bytes(type, AG_NG);
-    const int q6 = type == ONNXQ_TYPE_Q6_K;
-    float32x4_t acc[AG_MR][AG_NV];
-    for (int m = 0; m < AG_MR; ++m)
-        for (int v = 0; v < AG_NV; ++v) acc[m][v] = first ? vdupq_n_f32(0.0f) : vld1q_f32(C + m * ldc + 4 * v);
-    for (int64_t b = 0; b < nblk; ++b) {
-        const uint8_t *pb = panel + b * pbytes;
-        const int64_t ab = b0 + b;
-        const float *f = (const float *)(pb + QK_K * AG_NC);
-        for (int s = 0; s < 8; ++s) {
-            const int64_t ai = 8 * ab + s, k0 = QK_K * ab + 32 * s;
-            int32x4_t d[AG_MR][AG_NV];
-            if (q6) { /* f: d[NC], then sc int32[16][NC] */
-                const int32_t *sc = (const int32_t *)(f + AG_NC);
-                int32x4_t isum[AG_MR][AG_NV];
-                AG_SUBDOT(pb, 8 * s, 4, rows, k0, d);
-                NQ_UNROLL
-                for (int v = 0; v < AG_NV; ++v) {
-                    const int32x4_t scv = vld1q_s32(sc + 2 * s * AG_NC + 4 * v);
-                    for (int m = 0; m < AG_MR; ++m) isum[m][v] = vmulq_s32(d[m][v], scv);
-                }
-                AG_SUBDOT(pb, 8 * s + 4, 4, rows, k0 + 16, d);
-                NQ_UNROLL
-                for (int v = 0; v < AG_NV; ++v) {
-                    const int32x4_t scv = vld1q_s32(sc + (2 * s + 1) * AG_NC + 4 * v);
-                    const float32x4_t dv = vld1q_f32(f + 4 * v);
-                    for (int m = 0; m < AG_MR; ++m)
-                        acc[m][v] = nq_acc_sym(acc[m][v], vmlaq_s32(isum[m][v], d[m][v], scv), dv, rows[m]->d[ai]);
-                }
-                continue;
-            }
-            /* f: ds float[8][NC], dmin float[NC], then mn int16[8][NC] (ms = dmin * mn, exact) */
-            const float *dmin = f + 8 * AG_NC;
-            const int16_t *mn = (const int16_t *)(dmin + AG_NC);
-            AG_SUBDOT(pb, 8 * s, 8, rows, k0, d);
-            NQ_UNROLL
-            for (int v = 0; v < AG_NV; ++v) {
-                const float32x4_t ds = vld1q_f32(f + s * AG_NC + 4 * v);
-                const float32x4_t ms =
-                    vmulq_f32(vld1q_f32(dmin + 4 * v), vcvtq_f32_s32(vmovl_s16(vld1_s16(mn + s * AG_NC + 4 * v))));
-                for (int m = 0; m < AG_MR; ++m)
-                    acc[m][v] = nq_acc_kq(acc[m][v], d[m][v], ds, ms, rows[m]->d[ai], rows[m]->isum[ai]);
-            }
-        }
+/* Q4_K Q5_K, 32-element sub-block s of super-block ab (activation block 8ab+s, kq32): its sums,
+ * then the dot kernels' tail with ds from the panel and ms = dmin * mn (exact). */
+AG_INLINE void AG_NAME(ag_sub_qk)(const uint8_t *pb, int64_t ab, int s, const onnxq_qact *const *rows,
+                                  AG_NAME(ag_acc) acc) {
+    const float *ds = (const float *)(pb + QK_K * AG_NC), *dmin = ds + 8 * AG_NC;
+    const int16_t *mn = (const int16_t *)(dmin + AG_NC);
+    const int64_t ai = 8 * ab + s;
+    int32x4_t d[AG_MR][AG_NV];
+    AG_SUBDOT(pb, 8 * s, 8, rows, QK_K * ab + 32 * s, d);
+    NQ_UNROLL
+    for (int v = 0; v < AG_NV; ++v) {
+        const float32x4_t dsv = vld1q_f32(ds + s * AG_NC + 4 * v);
+        const float32x4_t msv =
+            vmulq_f32(vld1q_f32(dmin + 4 * v), vcvtq_f32_s32(vmovl_s16(vld1_s16(mn + s * AG_NC + 4 * v))));
+        for (int m = 0; m < AG_MR; ++m)
+            acc[m][v] = nq_acc_kq(acc[m][v], d[m][v], dsv, msv, rows[m]->d[ai], rows[m]->isum[ai]);
     }
-    for (int m = 0; m < AG_MR; ++m)
-        for (int v = 0; v < AG_NV; ++v) vst1q_f32(C + m * ldc + 4 * v, acc[m][v]);
 }
 
+/* Q6_K, quarter s of super-block ab (activation block 8ab+s, kq32): the sums of its two
+ * 16-element sub-blocks times their int8 scales (exact int32), then acc += (d * dy) * isum. */
+AG_INLINE void AG_NAME(ag_sub_q6)(const uint8_t *pb, int64_t ab, int s, const onnxq_qact *const *rows,
+                                  AG_NAME(ag_acc) acc) {
+    const float *dx = (const float *)(pb + QK_K * AG_NC);
+    const int32_t *sc = (const int32_t *)(dx + AG_NC);
+    const int64_t ai = 8 * ab + s, k0 = QK_K * ab + 32 * s;
+    int32x4_t d[AG_MR][AG_NV], isum[AG_MR][AG_NV];
+    AG_SUBDOT(pb, 8 * s, 4, rows, k0, d);
+    NQ_UNROLL
+    for (int v = 0; v < AG_NV; ++v) {
+        const int32x4_t scv = vld1q_s32(sc + 2 * s * AG_NC + 4 * v);
+        for (int m = 0; m < AG_MR; ++m) isum[m][v] = vmulq_s32(d[m][v], scv);
+    }
+    AG_SUBDOT(pb, 8 * s + 4, 4, rows, k0 + 16, d);
+    NQ_UNROLL
+    for (int v = 0; v < AG_NV; ++v) {
+        const int32x4_t scv = vld1q_s32(sc + (2 * s + 1) * AG_NC + 4 * v);
+        const float32x4_t dv = vld1q_f32(dx + 4 * v);
+        for (int m = 0; m < AG_MR; ++m)
+            acc[m][v] = nq_acc_sym(acc[m][v], vmlaq_s32(isum[m][v], d[m][v], scv), dv, rows[m]->d[ai]);
+    }
+}
+
+/* Blocks [b0, b0 + nblk) of the panel into the C tile (first: from zero, else continuing C). */
 #define AG_ENTRY(t, TYPE)                                                                                       \
     static AG_ATTR void AG_NAME(igemm_##t)(const uint8_t *panel, int64_t b0, int64_t nblk,                    \
                                            const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {  \
-        if (onnxq_act_kind(TYPE) == ONNXQ_ACT_Q8_K) {                                                         \
-            AG_NAME(ag_blocks_k)(TYPE, panel, b0, nblk, rows, C, ldc, first);                                  \
-            return;                                                                                            \
+        const int64_t pbytes = onnxq_igemm_block_bytes(TYPE, AG_NG);                                           \
+        AG_NAME(ag_acc) acc;                                                                                   \
+        for (int m = 0; m < AG_MR; ++m)                                                                        \
+            for (int v = 0; v < AG_NV; ++v) acc[m][v] = first ? vdupq_n_f32(0.0f) : vld1q_f32(C + m * ldc + 4 * v); \
+        for (int64_t b = 0; b < nblk; ++b) {                                                                   \
+            const uint8_t *pb = panel + b * pbytes;                                                            \
+            if (onnxq_act_kind(TYPE) != ONNXQ_ACT_Q8_K) AG_NAME(ag_block32)(TYPE, pb, b0 + b, rows, acc);      \
+            else                                                                                               \
+                for (int s = 0; s < 8; ++s)                                                                    \
+                    if (TYPE == ONNXQ_TYPE_Q6_K) AG_NAME(ag_sub_q6)(pb, b0 + b, s, rows, acc);                 \
+                    else AG_NAME(ag_sub_qk)(pb, b0 + b, s, rows, acc);                                         \
         }                                                                                                      \
-        if (first)                                                                                             \
-            for (int m = 0; m < AG_MR; ++m) memset(C + m * ldc, 0, sizeof(float) * AG_NC);                     \
-        AG_NAME(ag_blocks32)(TYPE, panel, b0, nblk, rows, C, ldc);                                             \
+        for (int m = 0; m < AG_MR; ++m)                                                                        \
+            for (int v = 0; v < AG_NV; ++v) vst1q_f32(C + m * ldc + 4 * v, acc[m][v]);                        \
     }
 ONNXQ_FOR_EACH_WTYPE(AG_ENTRY)
 #undef AG_ENTRY
