@@ -120,6 +120,29 @@ NQ_INLINE void nq_pair_scales(const int32x4_t sc[2], int32x4_t sp[4]) {
     }
 }
 
+/* Every activation row m < M against one 32-element block of the 8 weight rows (wp), activation
+ * block ab: SMMLA sums by row pair, back in row lanes, then the float tail of the kind (tail). */
+enum { NQ_TAIL_SYM, NQ_TAIL_ASYM, NQ_TAIL_KQ };
+I8MM_INLINE void mm_rows32(int8x16_t wp[4][4], const onnxq_qact *a, const int M, int64_t ab, const int tail,
+                           const float32x4_t dx[2], const float32x4_t mx[2], float32x4_t acc[8][2]) {
+    for (int m = 0; m < M; m += 2) {
+        const int n2 = m + 1 < M ? 2 : 1;
+        int32x4_t s[4], r[2][2];
+        mm_sums(wp, a[m].qs + 32 * ab, n2 == 2 ? a[m + 1].qs + 32 * ab : ZEROS, 0, 4, s);
+        nq_unpair(s, r);
+        for (int e = 0; e < n2; ++e) {
+            const float dy = a[m + e].d[ab];
+            NQ_UNROLL
+            for (int h = 0; h < 2; ++h) {
+                float32x4_t *c = &acc[m + e][h];
+                if (tail == NQ_TAIL_SYM) *c = nq_acc_sym(*c, r[e][h], dx[h], dy);
+                else if (tail == NQ_TAIL_ASYM) *c = nq_acc_asym(*c, r[e][h], dx[h], mx[h], dy, a[m + e].isum[ab]);
+                else *c = nq_acc_kq(*c, r[e][h], dx[h], mx[h], dy, a[m + e].isum[ab]);
+            }
+        }
+    }
+}
+
 /* Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; M >= 2. */
 I8MM_INLINE void mm32_impl(const int type, const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M,
                             float *out) {
@@ -143,19 +166,7 @@ I8MM_INLINE void mm32_impl(const int type, const uint8_t *g, int64_t nb, const o
         float32x4_t dx[2], mx[2];
         nq_half8(gb, dx);
         if (asym) nq_half8(gb + (type == ONNXQ_TYPE_Q4_1 ? GB_Q4_1_M : GB_Q5_1_M), mx);
-        for (int m = 0; m < M; m += 2) {
-            const int n2 = m + 1 < M ? 2 : 1;
-            int32x4_t s[4], r[2][2];
-            mm_sums(wp, a[m].qs + 32 * b, n2 == 2 ? a[m + 1].qs + 32 * b : ZEROS, 0, 4, s);
-            nq_unpair(s, r);
-            for (int e = 0; e < n2; ++e) {
-                const float dy = a[m + e].d[b];
-                NQ_UNROLL
-                for (int h = 0; h < 2; ++h)
-                    acc[m + e][h] = asym ? nq_acc_asym(acc[m + e][h], r[e][h], dx[h], mx[h], dy, a[m + e].isum[b])
-                                         : nq_acc_sym(acc[m + e][h], r[e][h], dx[h], dy);
-            }
-        }
+        mm_rows32(wp, a, M, b, asym ? NQ_TAIL_ASYM : NQ_TAIL_SYM, dx, mx, acc);
     }
     nq_store_acc(acc, M, out);
 }
@@ -182,19 +193,7 @@ I8MM_INLINE void mm_qk_impl(const int is_q5, const uint8_t *g, int64_t nb, const
             float32x4_t ds[2], ms[2];
             NQ_UNROLL
             for (int h = 0; h < 2; ++h) nq_qk_dsms(gb, s, h, d[h], dmin[h], &ds[h], &ms[h]);
-            const int64_t ab = 8 * b + s;
-            for (int m = 0; m < M; m += 2) {
-                const int n2 = m + 1 < M ? 2 : 1;
-                int32x4_t t[4], r[2][2];
-                mm_sums(wp, a[m].qs + 32 * ab, n2 == 2 ? a[m + 1].qs + 32 * ab : ZEROS, 0, 4, t);
-                nq_unpair(t, r);
-                for (int e = 0; e < n2; ++e) {
-                    const float dy = a[m + e].d[ab];
-                    const int32_t ysum = a[m + e].isum[ab];
-                    NQ_UNROLL
-                    for (int h = 0; h < 2; ++h) acc[m + e][h] = nq_acc_kq(acc[m + e][h], r[e][h], ds[h], ms[h], dy, ysum);
-                }
-            }
+            mm_rows32(wp, a, M, 8 * b + s, NQ_TAIL_KQ, ds, ms, acc);
         }
     }
     nq_store_acc(acc, M, out);
