@@ -29,16 +29,16 @@ typedef struct {
     const int8_t *qs[I2_MR];
     const float *d[I2_MR];
     const int32_t *isum[I2_MR];
-    const int16_t *bs[I2_MR]; /* Q6_K: bsum16, other K-quants: bsum32 */
+    const int16_t *bsum16[I2_MR]; /* Q6_K */
 } i2_rows;
 
-AVX2_INLINE i2_rows i2_rows_of(const int type, const onnxq_qact *const *rows) {
+AVX2_INLINE i2_rows i2_rows_of(const onnxq_qact *const *rows) {
     i2_rows r;
     for (int m = 0; m < I2_MR; ++m) {
         r.qs[m] = rows[m]->qs;
         r.d[m] = rows[m]->d;
         r.isum[m] = rows[m]->isum;
-        r.bs[m] = type == ONNXQ_TYPE_Q6_K ? rows[m]->bsum16 : rows[m]->bsum32;
+        r.bsum16[m] = rows[m]->bsum16;
     }
     return r;
 }
@@ -80,9 +80,10 @@ AVX2_INLINE void i2_run16(const uint8_t *pb, const int ks0, const int n, const i
 }
 
 /* Integer dot of one 32-element block for rows m < 4 and nv vectors from v0: d[m][v] (int32),
- * before the offset correction (Q4_0, Q5_0). */
-AVX2_INLINE void i2_dot32(const int type, const uint8_t *pb, const int v0, const int nv, const int8_t *const y[I2_MR],
-                          __m256i d[I2_MR][2]) {
+ * before the offset correction (Q4_0, Q5_0, Q6_K). The int16 runs widen through madd by
+ * mul[0] (steps 0..3) and mul[1] (steps 4..7): ones, or Q6_K's sub-block scales in both halves. */
+AVX2_INLINE void i2_dot32m(const int type, const uint8_t *pb, const int v0, const int nv, const int8_t *const y[I2_MR],
+                           const __m256i mul[2], __m256i d[I2_MR][2]) {
     const __m256i ones = _mm256_set1_epi16(1);
     if (type == ONNXQ_TYPE_Q8_0) {
         for (int m = 0; m < I2_MR; ++m)
@@ -113,10 +114,15 @@ AVX2_INLINE void i2_dot32(const int type, const uint8_t *pb, const int v0, const
         i2_run16(pb, r0, run, v0, nv, yr, t);
         for (int m = 0; m < I2_MR; ++m)
             for (int v = 0; v < nv; ++v) {
-                const __m256i s = _mm256_madd_epi16(t[m][v], ones);
+                const __m256i s = _mm256_madd_epi16(t[m][v], mul[r0 >= 4]);
                 d[m][v] = r0 ? _mm256_add_epi32(d[m][v], s) : s;
             }
     }
+}
+AVX2_INLINE void i2_dot32(const int type, const uint8_t *pb, const int v0, const int nv, const int8_t *const y[I2_MR],
+                          __m256i d[I2_MR][2]) {
+    const __m256i ones[2] = {_mm256_set1_epi16(1), _mm256_set1_epi16(1)};
+    i2_dot32m(type, pb, v0, nv, y, ones, d);
 }
 
 /* 32-element blocks: acc = fma(cvt(dot - off * isum), d * dy, acc) (+ fma(m, dy * isum) for Q4_1, Q5_1). */
@@ -126,7 +132,7 @@ AVX2_INLINE void i2_impl32(const int type, const uint8_t *panel, int64_t b0, int
     const int64_t pbytes = (int64_t)I2_STEP * (sh.nks + sh.nf);
     const int off_shift = type == ONNXQ_TYPE_Q4_0 ? 3 : type == ONNXQ_TYPE_Q5_0 ? 4 : -1;
     const int nv = i2_run(type) == 8 || type == ONNXQ_TYPE_Q8_0 ? 2 : 1; /* see the top of the file */
-    const i2_rows R = i2_rows_of(type, rows);
+    const i2_rows R = i2_rows_of(rows);
     if (first) i2_zero_c(C, ldc);
     for (int v0 = 0; v0 < I2_NG; v0 += nv)
         for (int64_t b = 0; b < nblk; ++b) {
@@ -159,58 +165,60 @@ AVX2_INLINE void i2_impl32(const int type, const uint8_t *panel, int64_t b0, int
         }
 }
 
-/* K-quant super-blocks, 4 rows x 8 columns (vector v0): isc = sum_s sc_s * dot_s, exact in int32;
- * Q6_K: acc = fma(cvt(isc - 32 * sum_s sc_s * bsum16_s), d * dy, acc);
- * Q4_K Q5_K: acc = fma(cvt(isc), d * dy, acc); acc = fnma(cvt(sum_s m_s * bsum32_s), dmin * dy, acc). */
-AVX2_INLINE void i2_superblock(const int type, const uint8_t *pb, const int64_t ab, const int v0, const i2_rows *R,
-                               float *C, int64_t ldc) {
-    const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
-    const int sub = sh.nks / sh.nsub, run = i2_run(type), scf = sh.nks + sh.nf, prf = scf + sh.nsub;
-    __m256i isc[I2_MR][2];
-    for (int m = 0; m < I2_MR; ++m) isc[m][0] = _mm256_setzero_si256(); /* 0 + x folds away */
-    for (int s = 0; s < sh.nsub; ++s) {
-        const __m256i sc = ld(pb + (int64_t)(scf + s) * I2_STEP + 32 * v0);
-        const __m256i scd = _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
-        for (int r0 = s * sub; r0 < (s + 1) * sub; r0 += run) {
-            __m256i t[I2_MR][2];
-            const int8_t *y[I2_MR];
-            for (int m = 0; m < I2_MR; ++m) y[m] = R->qs[m] + QK_K * ab + 4 * r0;
-            i2_run16(pb, r0, run, v0, 1, y, t);
-            for (int m = 0; m < I2_MR; ++m) {
-                isc[m][0] = _mm256_add_epi32(isc[m][0], _mm256_madd_epi16(t[m][0], scd));
-            }
+/* K-quant 32-element block s of super-block ab (activation block 8 ab + s), rows m < 4, nv vectors
+ * from v0, as the dot kernels (kernels_avx2.c, panel fields in kernels_x86.h):
+ * Q4_K Q5_K: acc = fma(cvt(dot), ds * dy, acc); acc = fnma(ms, dy * isum, acc), ms = dmin * mn;
+ * Q6_K: acc = fma(cvt(dot - 32 * (sc_{2s} bsum16_{2s} + sc_{2s+1} bsum16_{2s+1})), d * dy, acc). */
+AVX2_INLINE void i2_kblock(const int type, const uint8_t *pb, const int64_t ab, const int s, const int v0, const int nv,
+                           const i2_rows *R, float *C, int64_t ldc) {
+    const int64_t a32 = 8 * ab + s;
+    const int8_t *y[I2_MR];
+    for (int m = 0; m < I2_MR; ++m) y[m] = R->qs[m] + 32 * a32;
+    __m256i d[I2_MR][2];
+#define I2_FIELD(f, v) (pb + (int64_t)(f) * I2_STEP + 32 * (v0 + (v)))
+    if (type == ONNXQ_TYPE_Q6_K) {
+        const __m256i mul[2] = {ld(I2_FIELD(IGK_Q6_SC + 3 * s, 0)), ld(I2_FIELD(IGK_Q6_SC + 3 * s + 1, 0))};
+        i2_dot32m(type, pb + (int64_t)8 * s * I2_STEP, v0, 1, y, mul, d);
+        const __m256 f0 = _mm256_loadu_ps((const float *)I2_FIELD(IGK_Q6_D, 0));
+        const __m256i pr = ld(I2_FIELD(IGK_Q6_SC + 3 * s + 2, 0));
+        for (int m = 0; m < I2_MR; ++m) {
+            const __m256i off = _mm256_madd_epi16(pr, _mm256_set1_epi32(ig_rd32(R->bsum16[m] + 16 * ab + 2 * s)));
+            float *c = C + m * ldc + 8 * v0;
+            const __m256 dd = _mm256_mul_ps(f0, _mm256_set1_ps(R->d[m][a32]));
+            _mm256_storeu_ps(c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d[m][0], off)), dd, _mm256_loadu_ps(c)));
         }
+        return;
     }
-    const __m256 f0 = _mm256_loadu_ps((const float *)(pb + (int64_t)sh.nks * I2_STEP + 32 * v0));
+    i2_dot32(type, pb + (int64_t)8 * s * I2_STEP, v0, nv, y, d);
+    __m256 ds[2], ms[2];
+    for (int v = 0; v < nv; ++v) {
+        ds[v] = _mm256_loadu_ps((const float *)I2_FIELD(IGK_DS + s, v));
+        const __m128i mn8 = _mm_loadl_epi64((const __m128i *)(igk_mins_c(pb, I2_NG) + s * I2_NG * 8 + 8 * (v0 + v)));
+        ms[v] = _mm256_mul_ps(_mm256_loadu_ps((const float *)I2_FIELD(IGK_DMIN, v)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)));
+    }
+#undef I2_FIELD
     for (int m = 0; m < I2_MR; ++m) {
-        const float dy = R->d[m][ab];
-        const int16_t *bs = R->bs[m] + (type == ONNXQ_TYPE_Q6_K ? 16 : 8) * ab;
-        __m256i t = _mm256_setzero_si256();
-        for (int p = 0; p < sh.npair; ++p)
-            t = _mm256_add_epi32(t, _mm256_madd_epi16(ld(pb + (int64_t)(prf + p) * I2_STEP + 32 * v0),
-                                                      _mm256_set1_epi32(ig_rd32(bs + 2 * p))));
-        const __m256 dd = _mm256_mul_ps(f0, _mm256_set1_ps(dy));
-        float *c = C + m * ldc + 8 * v0;
-        __m256 acc = _mm256_loadu_ps(c);
-        if (type == ONNXQ_TYPE_Q6_K) {
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isc[m][0], _mm256_slli_epi32(t, 5))), dd, acc);
-        } else {
-            const __m256 f1 = _mm256_loadu_ps((const float *)(pb + (int64_t)(sh.nks + 1) * I2_STEP + 32 * v0));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isc[m][0]), dd, acc);
-            acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(f1, _mm256_set1_ps(dy)), acc);
+        const float dy = R->d[m][a32];
+        const __m256 dyv = _mm256_set1_ps(dy), my = _mm256_set1_ps(dy * (float)R->isum[m][a32]);
+        for (int v = 0; v < nv; ++v) {
+            float *c = C + m * ldc + 8 * (v0 + v);
+            __m256 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[m][v]), _mm256_mul_ps(ds[v], dyv), _mm256_loadu_ps(c));
+            _mm256_storeu_ps(c, _mm256_fnmadd_ps(ms[v], my, acc));
         }
-        _mm256_storeu_ps(c, acc);
     }
 }
 
+/* Q4_K: one int16 run per block, 4 rows x 16 columns; Q5_K, Q6_K (several runs, int32 sums kept
+ * across them): 4 rows x 8 columns, twice over the panel. */
 AVX2_INLINE void i2_implK(const int type, const uint8_t *panel, int64_t b0, int64_t nblk,
                           const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {
-    const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
-    const int64_t pbytes = (int64_t)I2_STEP * (sh.nks + sh.nf + sh.nsub + sh.npair);
-    const i2_rows R = i2_rows_of(type, rows);
+    const int64_t pbytes = onnxq_igemm_block_bytes(type, I2_NG);
+    const int nv = type == ONNXQ_TYPE_Q4_K ? 2 : 1;
+    const i2_rows R = i2_rows_of(rows);
     if (first) i2_zero_c(C, ldc);
-    for (int v0 = 0; v0 < I2_NG; ++v0)
-        for (int64_t b = 0; b < nblk; ++b) i2_superblock(type, panel + b * pbytes, b0 + b, v0, &R, C, ldc);
+    for (int v0 = 0; v0 < I2_NG; v0 += nv)
+        for (int64_t b = 0; b < nblk; ++b)
+            for (int s = 0; s < 8; ++s) i2_kblock(type, panel + b * pbytes, b0 + b, s, v0, nv, &R, C, ldc);
 }
 
 #define I2_ENTRY(t, TYPE, IMPL)                                                                                    \
