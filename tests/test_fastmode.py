@@ -23,16 +23,17 @@ def test_round_blocks_by_hand():
         round_blocks(np.zeros((1, 6), np.float32), 4)
 
 
-def test_k_quant_rows_use_super_blocks_then_32_element_tails():
+def test_every_type_rounds_32_element_blocks():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 576)).astype(np.float32)
-    x[:, 5] = 50.0  # an outlier in the first super-block only
+    x[:, 5] = 50.0  # an outlier in the first 32-element block only
     y = round_activations(x, "Q6_K", "Q8_0")
-    assert np.array_equal(y[:, :256], round_blocks(x[:, :256], 256))
-    assert np.array_equal(y[:, 512:], round_blocks(x[:, 512:], 32))
-    # the outlier coarsens its whole super-block (256), not just its 32-element block
-    assert np.abs(y[:, :256] - x[:, :256]).max() > 5 * np.abs(y[:, 512:] - x[:, 512:]).max()
-    # a 32-element type rounds every 32 columns; K not a multiple of 32 pads with zeros
+    assert np.array_equal(y, round_blocks(x, 32))
+    # the outlier coarsens its own 32 elements, not its 256-element super-block (ggml's Q8_K would)
+    err = np.abs(y - x)
+    assert err[:, :32].max() > 5 * err[:, 32:256].max()
+    assert np.array_equal(round_activations(x[:, :512], "Q4_K"), round_activations(x[:, :512], "Q4_0"))
+    # K not a multiple of 32 pads with zeros
     z = round_activations(x[:, :70], "Q4_0")
     assert z.shape == (3, 70)
     assert np.array_equal(z[:, 64:], round_blocks(np.pad(x[:, 64:70], ((0, 0), (0, 26))), 32)[:, :6])

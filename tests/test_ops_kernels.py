@@ -112,19 +112,12 @@ def type_id(name: str | None) -> int:
 
 
 def act_block_amax(X: np.ndarray, qtype: str, tail: str | None) -> np.ndarray:
-    """Per element, the abs-max of the activation block it is quantized in (Q8_0/Q8_1: 32, Q8_K: 256)."""
+    """Per element, the abs-max of the 32-element activation block it is quantized in (every
+    type; ``qtype`` and ``tail`` do not change the blocks)."""
     M, K = X.shape
-    bs = 256 if qtype in KQUANTS else 32
-    main = K // bs * bs if tail is not None else K
-    out = np.empty_like(X)
-    for start, stop, size in ((0, main, bs), (main, K, 32)):
-        if stop <= start:
-            continue
-        seg = np.abs(X[:, start:stop])
-        padded = -(-(stop - start) // size) * size
-        seg = np.pad(seg, ((0, 0), (0, padded - (stop - start)))).reshape(M, -1, size)
-        out[:, start:stop] = np.repeat(seg.max(axis=2), size, axis=1)[:, : stop - start]
-    return out
+    padded = -(-K // 32) * 32
+    seg = np.pad(np.abs(X), ((0, 0), (0, padded - K))).reshape(M, -1, 32)
+    return np.repeat(seg.max(axis=2), 32, axis=1)[:, :K]
 
 
 def run_matmul(lib, qtype, tail, K, N, W, X, bias, mode, threads):

@@ -68,36 +68,46 @@ void onnxq_repack_group_block(int type, const uint8_t *const rows[ONNXQ_GR], uin
 void onnxq_unpack_group_block(int type, const uint8_t *gb, int r, uint8_t *out);
 
 /*
- * A quantized activation row for one weight part, ggml's vec_dot_type of the part:
- *   Q8_0 / Q8_1 (32-element blocks): qs, d (one per block), isum (sum of the block's qs;
- *     Q8_1's s is d * isum);
- *   Q8_K (256-element super-blocks): qs, d (one per super-block), bsum16 (16 per
- *     super-block) and bsum32 (8 per super-block: sums of 32, which fit int16).
+ * A quantized activation row for one weight part. Every type's activations are Q8_0-style
+ * blocks of 32 (ggml's Q8_0 / Q8_1 for the 32-element types):
+ *   32-element types: qs, d (one per block), isum (sum of the block's qs; Q8_1's s is d * isum);
+ *   K-quants (ONNXQ_ACT_Q8_K: nb super-blocks of 256 = 8 blocks each): qs, d and isum per
+ *     32-element block (8 per super-block), and bsum16 (16 per super-block: sums of 16, for
+ *     Q6_K's 16-element sub-blocks; bsum16[2i] + bsum16[2i + 1] == isum[i]).
  * Values are symmetric: q = round_half_even(x * 127 / amax) in [-127, 127], d = amax / 127,
  * kept as fp32 (ggml stores Q8_0/Q8_1's d as fp16; fp32 only removes a rounding).
+ * K-quants use 32-element activation blocks, not ggml's Q8_K (one d per 256): on SmolLM2
+ * Q4_K_M that costs +0.35 pp perplexity instead of +1.17 pp (benchmarks/activation_blocks.py),
+ * which lets the auto mode run K-quant layers fast.
  */
 typedef struct {
     const int8_t *qs;
     const float *d;
-    const int32_t *isum;    /* 32-element types */
-    const int16_t *bsum16;  /* Q8_K */
-    const int16_t *bsum32;  /* Q8_K */
+    const int32_t *isum;
+    const int16_t *bsum16;  /* K-quants */
+    const int16_t *bsum32;  /* TRANSITIONAL: unused (NULL); goes when every level has kq32 */
 } onnxq_qact;
 
-/* Activation types. */
+/* Activation layouts: 32-element blocks alone, or grouped in 256-element super-blocks. */
 enum { ONNXQ_ACT_Q8_0 = 0, ONNXQ_ACT_Q8_K = 1 };
 
-/* x[0 .. n) then zeros up to nb blocks (n <= nb * block). The outputs of one block:
- * Q8_0: qs[32], d[1], isum[1]. Q8_K: qs[256], d[1], bsum16[16], bsum32[8]. */
+/* x[0 .. n) then zeros up to nb blocks of 32 (n <= nb * 32): qs[32 * nb], d[nb], isum[nb]. */
 typedef void (*onnxq_quant32_fn)(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
+/* TRANSITIONAL: the old Q8_K quantizer's type; goes with quant_q8_K. */
 typedef void (*onnxq_quant256_fn)(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
                                   int16_t *bsum32);
 
 /*
  * Fast mode: out[m*8 + r] = sum over the part's nb blocks of row r of the group (g, a
- * run of group-blocks) dotted with activation a[m], for m < M <= 8, ggml's vec_dot
- * arithmetic: an exact int32 sum per block (per super-block for K-quants) times the
- * fp32 scales, accumulated in fp32.
+ * run of group-blocks) dotted with activation a[m], for m < M <= 8: an exact int32 sum per
+ * 32 activation elements times fp32 scales, accumulated in fp32 in block order. Per 32
+ * elements (the scalar kernels write it out; x86 levels may fuse, ARM levels may not):
+ *   Q4_0 Q5_0 Q8_0:  acc += (d * dy) * (float)(dot - off * isum)
+ *   Q4_1 Q5_1:       acc += (d * dy) * (float)dot + m * (dy * (float)isum)
+ *   Q4_K Q5_K:       sub-block s of 32, ds = d * sc_s and ms = dmin * mn_s (both exact in fp32):
+ *                    acc += (ds * dy) * (float)dot - ms * (dy * (float)isum)
+ *   Q6_K:            16-element sub-blocks 2s, 2s+1 with int8 scales, codes L = q + 32:
+ *                    acc += (d * dy) * (float)(sum_h sc_h * (dot16_h - 32 * bsum16_h))
  */
 typedef void (*onnxq_dot_fn)(const uint8_t *g, int64_t nb, const onnxq_qact *a, int M, float *out);
 
@@ -206,6 +216,9 @@ typedef struct {
     onnxq_gexpand_fn gexpand[ONNXQ_NSLOTS];
     onnxq_igemm_fn igemm[ONNXQ_NSLOTS];
     int igemm_mr, igemm_ng; /* rows and groups of the micro-kernel's tile */
+    /* TRANSITIONAL: 1 when the level's K-quant dot/igemm kernels take 32-element activation
+     * blocks; the driver gives other levels the scalar K-quant dot kernels and no K igemm. */
+    int kq32;
 } onnxq_kernel_table;
 
 /* 0..7 for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K, -1 otherwise. */
@@ -263,6 +276,7 @@ void onnxq_kernels_set_active(const onnxq_kernel_table *t);
 
 /* Scalar activation quantizers (the reference the SIMD ones must match bit for bit). */
 void onnxq_quant_q8_0_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
+/* TRANSITIONAL: the old Q8_K quantizer, kept only for the unported levels' checks. */
 void onnxq_quant_q8_K_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
                              int16_t *bsum32);
 

@@ -1,7 +1,7 @@
 /*
  * The kernel driver: ISA dispatch, weight preparation (repack into x8 groups), and the
  * four ways a matmul runs:
- *   fast, few rows    - quantize X rows to the vec_dot type (Q8_0 / Q8_K), integer dot
+ *   fast, few rows    - quantize X rows to Q8_0-style 32-element blocks, integer dot
  *                       products of each group of 8 weight rows with 8 activation rows at a
  *                       time; for one row every weight byte is streamed once;
  *   fast, many rows   - the same quantized rows, integer GEMM: 2-D tiles, each expanding its
@@ -225,6 +225,14 @@ typedef struct {
     int64_t block_groups; /* groups per L2 block */
 } fast_job;
 
+/* TRANSITIONAL (kq32): a level whose K-quant kernels still take Q8_K gets the scalar ones. */
+static int takes_kq32(const onnxq_kernel_table *T, int type) {
+    return T->kq32 || onnxq_act_kind(type) != ONNXQ_ACT_Q8_K;
+}
+static onnxq_dot_fn fast_dot(const onnxq_kernel_table *T, int type) {
+    return (takes_kq32(T, type) ? T : &onnxq_kernels_scalar)->dot[onnxq_type_slot(type)];
+}
+
 static void fast_task(void *user, size_t t) {
     const fast_job *J = user;
     const onnxq_weight *w = J->w;
@@ -239,13 +247,22 @@ static void fast_task(void *user, size_t t) {
             for (int64_t g = b0; g < b1; ++g) {
                 for (int p = 0; p < w->nparts; ++p) {
                     const onnxq_wpart *pt = &w->part[p];
-                    J->T->dot[onnxq_type_slot(pt->type)](group_data(pt, g), pt->nb, J->act[p] + m0, mm, p ? tmp : acc);
+                    fast_dot(J->T, pt->type)(group_data(pt, g), pt->nb, J->act[p] + m0, mm, p ? tmp : acc);
                     if (p)
                         for (int i = 0; i < mm * 8; ++i) acc[i] += tmp[i];
                 }
                 store_group(w, g, m0, mm, acc, J->bias, J->Y);
             }
         }
+    }
+}
+
+/* s[i] = the sum of codes 16i .. 16i+15 (Q6_K's 16-element sub-blocks take the offset out with them). */
+static void sums16(const int8_t *qs, int64_t n16, int16_t *s) {
+    for (int64_t i = 0; i < n16; ++i) {
+        int v = 0;
+        for (int j = 0; j < 16; ++j) v += qs[16 * i + j];
+        s[i] = (int16_t)v;
     }
 }
 
@@ -270,11 +287,8 @@ static void quant_task(void *user, size_t t) {
         for (int64_t m = m0; m < m1; ++m) {
             const onnxq_qact *a = &J->act[p][m];
             const float *x = J->X + m * K + pt->k0;
-            if (pt->bs == 32)
-                J->T->quant_q8_0(x, valid, pt->nb, (int8_t *)a->qs, (float *)a->d, (int32_t *)a->isum);
-            else
-                J->T->quant_q8_K(x, valid, pt->nb, (int8_t *)a->qs, (float *)a->d, (int16_t *)a->bsum16,
-                                 (int16_t *)a->bsum32);
+            J->T->quant_q8_0(x, valid, n / 32, (int8_t *)a->qs, (float *)a->d, (int32_t *)a->isum);
+            if (pt->bs != 32) sums16(a->qs, n / 16, (int16_t *)a->bsum16);
         }
     }
 }
@@ -434,8 +448,9 @@ static int matmul_fast(const onnxq_weight *w, const onnxq_kernel_table *T, const
         const onnxq_wpart *pt = &w->part[p];
         const int64_t n = pt->nb * pt->bs;
         off[p][0] = bytes; bytes += (size_t)(M * n + 63) / 64 * 64;                         /* qs */
-        off[p][1] = bytes; bytes += (size_t)(M * pt->nb * 4 + 63) / 64 * 64;                /* d */
-        off[p][2] = bytes; bytes += (size_t)(M * pt->nb * (pt->bs == 32 ? 4 : 48) + 63) / 64 * 64; /* sums */
+        const int64_t nb32 = n / 32; /* activation blocks per row */
+        off[p][1] = bytes; bytes += (size_t)(M * nb32 * 4 + 63) / 64 * 64;                  /* d */
+        off[p][2] = bytes; bytes += (size_t)(M * nb32 * (pt->bs == 32 ? 4 : 8) + 63) / 64 * 64; /* isum, bsum16 */
         off[p][3] = bytes; bytes += (size_t)(M * sizeof(onnxq_qact) + 63) / 64 * 64;
     }
     uint8_t *mem = aligned_alloc(64, bytes);
@@ -450,21 +465,20 @@ static int matmul_fast(const onnxq_weight *w, const onnxq_kernel_table *T, const
         onnxq_qact *a = (onnxq_qact *)(mem + off[p][3]);
         for (int64_t m = 0; m < M; ++m) {
             int8_t *qs = (int8_t *)(mem + off[p][0]) + m * n;
-            float *d = (float *)(mem + off[p][1]) + m * pt->nb;
-            if (pt->bs == 32) {
-                a[m] = (onnxq_qact){qs, d, (int32_t *)(mem + off[p][2]) + m * pt->nb, NULL, NULL};
-            } else {
-                int16_t *b16 = (int16_t *)(mem + off[p][2]) + m * pt->nb * 24;
-                a[m] = (onnxq_qact){qs, d, NULL, b16, b16 + pt->nb * 16};
-            }
+            const int64_t nb32 = n / 32;
+            float *d = (float *)(mem + off[p][1]) + m * nb32;
+            int32_t *isum = (int32_t *)(mem + off[p][2]) + m * nb32;
+            int16_t *b16 = pt->bs == 32 ? NULL : (int16_t *)((int32_t *)(mem + off[p][2]) + M * nb32) + m * 2 * nb32;
+            a[m] = (onnxq_qact){qs, d, isum, b16, NULL};
         }
         J.act[p] = Q.act[p] = a;
     }
     /* rows of at least 64 Ki elements per task: below that, starting a task costs more */
     Q.rows_per_task = units_per_task(M, run, (1 << 16) / w->L.K + 1);
     int rc = run_tasks(run, quant_task, (size_t)((M + Q.rows_per_task - 1) / Q.rows_per_task), &Q);
-    const int use_igemm = M >= ONNXQ_IGEMM_MIN_M && T->igemm[onnxq_type_slot(w->part[0].type)] &&
-                          (w->nparts == 1 || T->igemm[onnxq_type_slot(w->part[1].type)]);
+    int use_igemm = M >= ONNXQ_IGEMM_MIN_M;
+    for (int p = 0; p < w->nparts; ++p)
+        use_igemm &= T->igemm[onnxq_type_slot(w->part[p].type)] != NULL && takes_kq32(T, w->part[p].type);
     if (rc == ONNXQ_KERNEL_OK && use_igemm) {
         rc = matmul_igemm(w, T, Q.act, M, bias, Y, run);
     } else if (rc == ONNXQ_KERNEL_OK) {

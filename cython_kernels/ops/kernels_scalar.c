@@ -178,7 +178,8 @@ static void dot_asym32(int type, const uint8_t *g, int64_t nb, const onnxq_qact 
     memcpy(out, acc, sizeof(float) * 8 * (size_t)M);
 }
 
-/* Q4_K, Q5_K x Q8_K: (d*dy) * sum_s sc_s*sum(q*y) - (dmin*dy) * sum_s m_s*bsum32_s. */
+/* Q4_K, Q5_K: every 32-element sub-block s is a Q4_1/Q5_1 block with d = d*sc_s, m = -dmin*mn_s
+ * (both products exact in fp32) against the activation block 8b+s. */
 static void dot_qk(int type, const uint8_t *g, int64_t nb, const onnxq_qact *a, int M, float *out) {
     float acc[ONNXQ_GR * ONNXQ_GR] = {0};
     const int64_t gbytes = onnxq_group_block_bytes(type);
@@ -192,22 +193,20 @@ static void dot_qk(int type, const uint8_t *g, int64_t nb, const onnxq_qact *a, 
             else
                 decode_qk(gb, gb + GB_Q5_K_QH, gb + GB_Q5_K_QS, r, c, sc, mn);
             const float d = onnxq_rdh(gb + 2 * r), dmin = onnxq_rdh(gb + GB_QK_DMIN + 2 * r);
-            for (int m = 0; m < M; ++m) {
-                const int8_t *y = a[m].qs + b * QK_K;
-                int32_t isc = 0, imn = 0;
+            for (int m = 0; m < M; ++m)
                 for (int s = 0; s < 8; ++s) {
-                    isc += sc[s] * dot_i(c + 32 * s, 0, y + 32 * s, 32);
-                    imn += mn[s] * a[m].bsum32[b * 8 + s];
+                    const int64_t ab = b * 8 + s;
+                    const float ds = d * (float)sc[s], ms = dmin * (float)mn[s], dy = a[m].d[ab];
+                    const int dot = dot_i(c + 32 * s, 0, a[m].qs + 32 * ab, 32);
+                    acc[m * 8 + r] += (ds * dy) * (float)dot - ms * (dy * (float)a[m].isum[ab]);
                 }
-                const float dy = a[m].d[b];
-                acc[m * 8 + r] += (d * dy) * (float)isc - (dmin * dy) * (float)imn;
-            }
         }
     }
     memcpy(out, acc, sizeof(float) * 8 * (size_t)M);
 }
 
-/* Q6_K x Q8_K: (d*dy) * sum_s sc_s * sum((L-32)*y). */
+/* Q6_K: per activation block 8b+s, (d*dy) * sum over its two 16-element sub-blocks h of
+ * sc_h * sum((L-32)*y), the offset taken out through the activation sums. */
 static void dot_q6_K(const uint8_t *g, int64_t nb, const onnxq_qact *a, int M, float *out) {
     float acc[ONNXQ_GR * ONNXQ_GR] = {0};
     for (int64_t b = 0; b < nb; ++b) {
@@ -217,12 +216,15 @@ static void dot_q6_K(const uint8_t *g, int64_t nb, const onnxq_qact *a, int M, f
             int sc[16];
             decode_q6_K(gb, r, c, sc);
             const float d = onnxq_rdh(gb + 2 * r);
-            for (int m = 0; m < M; ++m) {
-                const int8_t *y = a[m].qs + b * QK_K;
-                int32_t isc = 0;
-                for (int s = 0; s < 16; ++s) isc += sc[s] * dot_i(c + 16 * s, 32, y + 16 * s, 16);
-                acc[m * 8 + r] += (d * a[m].d[b]) * (float)isc;
-            }
+            for (int m = 0; m < M; ++m)
+                for (int s = 0; s < 8; ++s) {
+                    const int64_t ab = b * 8 + s;
+                    int32_t isum = 0;
+                    for (int h = 2 * s; h < 2 * s + 2; ++h)
+                        isum += sc[h] * (dot_i(c + 16 * h, 0, a[m].qs + 16 * (b * 16 + h), 16) -
+                                         32 * a[m].bsum16[b * 16 + h]);
+                    acc[m * 8 + r] += (d * a[m].d[ab]) * (float)isum;
+                }
         }
     }
     memcpy(out, acc, sizeof(float) * 8 * (size_t)M);
@@ -409,4 +411,5 @@ const onnxq_kernel_table onnxq_kernels_scalar = {
     .ukernel = ukernel_scalar,
     .dequant = {dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequant_q8_0, dequant_q4_K, dequant_q5_K,
                 dequant_q6_K},
+    .kq32 = 1,
 };

@@ -1,10 +1,12 @@
 """What fast mode does to activations, in numpy: the rounding the op applies before its
 integer dot products (``cython_kernels/ops/kernels_scalar.c``, ``quant_block``).
 
-In fast mode ``GgmlMatMul`` quantizes every activation row to ggml's vec_dot type of the
-weight: Q8_0 blocks of 32 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (the block sums Q4_1/Q5_1 use
-are sums of the same codes), Q8_K super-blocks of 256 for the K-quants, whose 32-element
-tail blocks use Q8_0. Each block is symmetric: ``d = amax / 127``, ``q = rint(x * 127 /
+In fast mode ``GgmlMatMul`` quantizes every activation row to Q8_0-style blocks of 32,
+whatever the weight type (the block sums Q4_1/Q5_1 and the K-quants use are sums of the
+same codes). For the 32-element types that is ggml's vec_dot type; for the K-quants ggml
+uses Q8_K (one scale per 256), which costs about three times the perplexity on SmolLM2
+Q4_K_M (+1.17 against +0.35 percentage points, ``benchmarks/activation_blocks.py``), so
+onnxq keeps 32. Each block is symmetric: ``d = amax / 127``, ``q = rint(x * 127 /
 amax)`` (round half to even, float32), zero padding past ``K``. The integer dot products
 that follow are exact, so fast mode's output is ``round_activations(X) @ dequant(W)``
 up to float summation order: the cost of fast mode on a layer can be measured without
@@ -18,7 +20,9 @@ import numpy as np
 
 from ..formats import TypeLike, row_layout
 
-__all__ = ["round_activations", "round_blocks"]
+__all__ = ["ACTIVATION_BLOCK", "round_activations", "round_blocks"]
+
+ACTIVATION_BLOCK = 32  # elements per activation scale in fast mode, every weight type
 
 
 def round_blocks(x: np.ndarray, block: int) -> np.ndarray:
@@ -38,18 +42,13 @@ def round_blocks(x: np.ndarray, block: int) -> np.ndarray:
 
 def round_activations(x: np.ndarray, qtype: TypeLike, tail_type: Optional[TypeLike] = None) -> np.ndarray:
     """Activation rows ``x`` [R, K] as fast mode sees them against a weight of ``qtype``
-    (with ``tail_type`` tail blocks for a K-quant whose K is not a multiple of 256)."""
+    (with ``tail_type`` tail blocks for a K-quant whose K is not a multiple of 256): the
+    type fixes the zero padding of the row, every block has 32 elements."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"activations must be [rows, K], got shape {list(x.shape)}")
     K = x.shape[1]
     layout = row_layout(qtype, K, tail_type)
-    block = layout.qtype.block_size  # 256: Q8_K super-blocks; 32: Q8_0 blocks
     padded = np.zeros((x.shape[0], layout.padded_elems), dtype=np.float32)
     padded[:, :K] = x
-    out = np.empty_like(padded)
-    main = layout.main_elems
-    out[:, :main] = round_blocks(padded[:, :main], block) if main else out[:, :0]
-    if layout.n_tail:
-        out[:, main:] = round_blocks(padded[:, main:], 32)
-    return out[:, :K]
+    return round_blocks(padded, ACTIVATION_BLOCK)[:, :K]

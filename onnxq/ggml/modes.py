@@ -12,8 +12,8 @@ codec round trip (:class:`~onnxq.ggml.awq.GroupErrorModel`)::
 and chooses fast where ``e_fast - e_exact``, what the rounding of the activations adds to
 the layer's relative output error, is below a threshold. The added error, not the added
 error relative to ``e_exact``: the rounding of X adds about the same error whatever the
-weight type (it depends on X and on the block size of the activation type: Q8_K's 256 for
-K-quants, Q8_0's 32 otherwise), and the model pays for it whatever the type. A ratio to
+weight type (it depends on X and on the activation blocks, 32 elements for every type),
+and the model pays for it whatever the type. A ratio to
 ``e_exact`` sent nearly every layer of an accurate type (Q6_K, Q8_0) to exact and nearly
 every layer of Q4_0 to fast; measured on SmolLM2-135M (``benchmarks/auto_threshold.py``,
 docs/budget.md), no ratio threshold kept both Q4_0 and the K-quants within 0.3 percentage
