@@ -781,8 +781,23 @@ GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
 #undef GEXPAND_ENTRY
 
 /* AVX-VNNI (VEX vpdpbusd on ymm, 16 registers): 4 rows x 16 columns, one instruction per step. */
-#define IG_NAME(x) x##_avxvnni
+#ifdef ONNXQ_EMULATE_VNNI
+/* Test builds only (tests/native/emulate_avx512.py runs this table too): an exact vpdpbusd from
+ * AVX2, and no "avxvnni" target, so CPUs without AVX-VNNI run the micro-kernels as shipped. */
+AVX2_INLINE __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) {
+    const __m256i plo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)),
+                                          _mm256_cvtepi8_epi16(_mm256_castsi256_si128(s)));
+    const __m256i phi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1)),
+                                          _mm256_cvtepi8_epi16(_mm256_extracti128_si256(s, 1)));
+    /* hadd gives dwords 0 1 4 5 | 2 3 6 7 */
+    const __m256i h = _mm256_hadd_epi32(plo, phi);
+    return _mm256_add_epi32(acc, _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+}
+#define IG_ATTR "avx2,fma,f16c"
+#else
 #define IG_ATTR "avxvnni,avx2,fma,f16c"
+#endif
+#define IG_NAME(x) x##_avxvnni
 #define IG_MR 4
 #define IG_NV 2
 #define IG_VEXVNNI 1

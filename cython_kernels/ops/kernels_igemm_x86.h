@@ -64,7 +64,9 @@
 #define IG_MULF(a, b) _mm256_mul_ps(a, b)
 #define IG_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define IG_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)
-#if IG_VEXVNNI
+#if IG_VEXVNNI && defined(ONNXQ_EMULATE_VNNI)
+#define IG_DP(acc, w, y) dpbusd_avx2(acc, w, y) /* test builds (kernels_avx2.c) */
+#elif IG_VEXVNNI
 #define IG_DP(acc, w, y) _mm256_dpbusd_avx_epi32(acc, w, y)
 #endif
 #endif
