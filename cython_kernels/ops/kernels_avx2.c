@@ -231,7 +231,7 @@ AVX2_INLINE void expand_qk_sub(const uint8_t *qs, const uint8_t *qh, int s, __m2
  * acc = fma(cvt(dot), ds * dy, acc); acc = fnma(ms, dy * isum, acc), dy and isum the activation
  * block's (kernels_impl.h). 4-bit codes: 8 pairs fit int16; 5-bit: 4. */
 AVX2_INLINE void qk_sub(const uint8_t *gb, const uint8_t *qs, const uint8_t *qh, int s, const onnxq_qact *a, int64_t b,
-                        const int M, const int is_q5, __m256 *acc) {
+                        const int M, const int is_q5, const float *dyis, __m256 *acc) {
     __m256i w[8];
     expand_qk_sub(qs, qh, s, w);
     const __m256 ds = qk_ds(gb, s), ms = qk_ms(gb, s);
@@ -242,7 +242,7 @@ AVX2_INLINE void qk_sub(const uint8_t *gb, const uint8_t *qs, const uint8_t *qh,
                                   : madd1(mb_run(w, y, 0, 8));
         const float dy = a[m].d[ab];
         acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ds, _mm256_set1_ps(dy)), acc[m]);
-        acc[m] = _mm256_fnmadd_ps(ms, _mm256_set1_ps(dy * (float)a[m].isum[ab]), acc[m]);
+        acc[m] = _mm256_fnmadd_ps(ms, _mm256_broadcast_ss(dyis + 8 * m + s), acc[m]);
     }
 }
 
@@ -256,11 +256,13 @@ AVX2_INLINE void dot_qk_impl(const uint8_t *g, int64_t nb, const onnxq_qact *a, 
         prefetch_block(gb, gbytes);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS);
         const uint8_t *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
+        float dyis[8 * 8];
+        for (int m = 0; m < M; ++m) qk_dyisum8(a[m].d + 8 * b, a[m].isum + 8 * b, dyis + 8 * m);
         if (M == 1) { /* decode: unrolled, the sub-blocks overlap in the pipeline */
             ONNXQ_UNROLL
-            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, acc);
+            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, dyis, acc);
         } else {
-            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, acc);
+            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, dyis, acc);
         }
     }
     store_acc(acc, M, out);

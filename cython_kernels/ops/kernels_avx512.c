@@ -155,6 +155,8 @@ AVX512_INLINE void dot_qk_implz(const uint8_t *g, int64_t nb, const onnxq_qact *
         prefetch_block(gb, gbytes);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS);
         const uint8_t *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
+        float dyis[8 * 8];
+        for (int m = 0; m < M; ++m) qk_dyisum8(a[m].d + 8 * b, a[m].isum + 8 * b, dyis + 8 * m);
         ONNXQ_UNROLL
         for (int s = 0; s < 8; ++s) {
             __m512i w[4];
@@ -165,7 +167,7 @@ AVX512_INLINE void dot_qk_implz(const uint8_t *g, int64_t nb, const onnxq_qact *
                 const __m256i sum = dp_run(w, a[m].qs + 32 * ab, 0, 4);
                 const float dy = a[m].d[ab];
                 acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ds, _mm256_set1_ps(dy)), acc[m]);
-                acc[m] = _mm256_fnmadd_ps(ms, _mm256_set1_ps(dy * (float)a[m].isum[ab]), acc[m]);
+                acc[m] = _mm256_fnmadd_ps(ms, _mm256_broadcast_ss(dyis + 8 * m + s), acc[m]);
             }
         }
     }

@@ -80,10 +80,9 @@ AVX2_INLINE void i2_run16(const uint8_t *pb, const int ks0, const int n, const i
 }
 
 /* Integer dot of one 32-element block for rows m < 4 and nv vectors from v0: d[m][v] (int32),
- * before the offset correction (Q4_0, Q5_0, Q6_K). The int16 runs widen through madd by
- * mul[0] (steps 0..3) and mul[1] (steps 4..7): ones, or Q6_K's sub-block scales in both halves. */
-AVX2_INLINE void i2_dot32m(const int type, const uint8_t *pb, const int v0, const int nv, const int8_t *const y[I2_MR],
-                           const __m256i mul[2], __m256i d[I2_MR][2]) {
+ * before the offset correction (Q4_0, Q5_0). */
+AVX2_INLINE void i2_dot32(const int type, const uint8_t *pb, const int v0, const int nv, const int8_t *const y[I2_MR],
+                          __m256i d[I2_MR][2]) {
     const __m256i ones = _mm256_set1_epi16(1);
     if (type == ONNXQ_TYPE_Q8_0) {
         for (int m = 0; m < I2_MR; ++m)
@@ -114,15 +113,10 @@ AVX2_INLINE void i2_dot32m(const int type, const uint8_t *pb, const int v0, cons
         i2_run16(pb, r0, run, v0, nv, yr, t);
         for (int m = 0; m < I2_MR; ++m)
             for (int v = 0; v < nv; ++v) {
-                const __m256i s = _mm256_madd_epi16(t[m][v], mul[r0 >= 4]);
+                const __m256i s = _mm256_madd_epi16(t[m][v], ones);
                 d[m][v] = r0 ? _mm256_add_epi32(d[m][v], s) : s;
             }
     }
-}
-AVX2_INLINE void i2_dot32(const int type, const uint8_t *pb, const int v0, const int nv, const int8_t *const y[I2_MR],
-                          __m256i d[I2_MR][2]) {
-    const __m256i ones[2] = {_mm256_set1_epi16(1), _mm256_set1_epi16(1)};
-    i2_dot32m(type, pb, v0, nv, y, ones, d);
 }
 
 /* 32-element blocks: acc = fma(cvt(dot - off * isum), d * dy, acc) (+ fma(m, dy * isum) for Q4_1, Q5_1). */
@@ -165,60 +159,103 @@ AVX2_INLINE void i2_impl32(const int type, const uint8_t *panel, int64_t b0, int
         }
 }
 
-/* K-quant 32-element block s of super-block ab (activation block 8 ab + s), rows m < 4, nv vectors
- * from v0, as the dot kernels (kernels_avx2.c, panel fields in kernels_x86.h):
- * Q4_K Q5_K: acc = fma(cvt(dot), ds * dy, acc); acc = fnma(ms, dy * isum, acc), ms = dmin * mn;
+/* Integer dots of one 32-element block (8 steps at pb) for rows [m0, m0 + nm), both column vectors:
+ * int16 runs of i2_run(type) steps, widened through madd by mul[half][v] (steps 0..3: half 0). */
+AVX2_INLINE void i2_dot_rows(const int type, const uint8_t *pb, const int m0, const int nm, const int8_t *const y[I2_MR],
+                             const __m256i mul[2][2], __m256i d[I2_MR][2]) {
+    const int run = i2_run(type);
+    ONNXQ_UNROLL
+    for (int r0 = 0; r0 < 8; r0 += run) {
+        __m256i t[I2_MR][2];
+        ONNXQ_UNROLL
+        for (int ks = 0; ks < run; ++ks) {
+            const __m256i w0 = ld(pb + (int64_t)(r0 + ks) * I2_STEP), w1 = ld(pb + (int64_t)(r0 + ks) * I2_STEP + 32);
+            for (int m = m0; m < m0 + nm; ++m) {
+                const __m256i yv = bcast4(y[m] + 4 * (r0 + ks));
+                const __m256i p0 = _mm256_maddubs_epi16(w0, yv), p1 = _mm256_maddubs_epi16(w1, yv);
+                t[m][0] = ks ? _mm256_add_epi16(t[m][0], p0) : p0;
+                t[m][1] = ks ? _mm256_add_epi16(t[m][1], p1) : p1;
+                I2_KEEP(t[m][0]);
+                I2_KEEP(t[m][1]);
+            }
+        }
+        for (int m = m0; m < m0 + nm; ++m)
+            for (int v = 0; v < 2; ++v) {
+                const __m256i w = _mm256_madd_epi16(t[m][v], mul[r0 >= 4][v]);
+                d[m][v] = r0 ? _mm256_add_epi32(d[m][v], w) : w;
+            }
+    }
+}
+
+/* K-quant 32-element block s of super-block ab (activation block 8 ab + s), as the dot kernels
+ * (kernels_avx2.c; panel fields in kernels_x86.h), 16 columns: Q4_K (one int16 run) all 4 rows at
+ * once, Q5_K and Q6_K (int32 sums kept across runs) 2 rows at a time, so that every sum stays in a
+ * register. Q4_K Q5_K: acc = fma(cvt(dot), ds * dy, acc); acc = fnma(ms, dy * isum, acc), ms = dmin * mn;
  * Q6_K: acc = fma(cvt(dot - 32 * (sc_{2s} bsum16_{2s} + sc_{2s+1} bsum16_{2s+1})), d * dy, acc). */
-AVX2_INLINE void i2_kblock(const int type, const uint8_t *pb, const int64_t ab, const int s, const int v0, const int nv,
-                           const i2_rows *R, float *C, int64_t ldc) {
+AVX2_INLINE void i2_kblock(const int type, const uint8_t *pb, const int64_t ab, const int s, const i2_rows *R,
+                           const float dyis[I2_MR][8], float *C, int64_t ldc) {
     const int64_t a32 = 8 * ab + s;
     const int8_t *y[I2_MR];
     for (int m = 0; m < I2_MR; ++m) y[m] = R->qs[m] + 32 * a32;
-    __m256i d[I2_MR][2];
-#define I2_FIELD(f, v) (pb + (int64_t)(f) * I2_STEP + 32 * (v0 + (v)))
+    const uint8_t *codes = pb + (int64_t)8 * s * I2_STEP;
+    const int nm = type == ONNXQ_TYPE_Q4_K ? I2_MR : 2;
+#define I2_FIELD(f, v) (pb + (int64_t)(f) * I2_STEP + 32 * (v))
     if (type == ONNXQ_TYPE_Q6_K) {
-        const __m256i mul[2] = {ld(I2_FIELD(IGK_Q6_SC + 3 * s, 0)), ld(I2_FIELD(IGK_Q6_SC + 3 * s + 1, 0))};
-        i2_dot32m(type, pb + (int64_t)8 * s * I2_STEP, v0, 1, y, mul, d);
-        const __m256 f0 = _mm256_loadu_ps((const float *)I2_FIELD(IGK_Q6_D, 0));
-        const __m256i pr = ld(I2_FIELD(IGK_Q6_SC + 3 * s + 2, 0));
-        for (int m = 0; m < I2_MR; ++m) {
-            const __m256i off = _mm256_madd_epi16(pr, _mm256_set1_epi32(ig_rd32(R->bsum16[m] + 16 * ab + 2 * s)));
-            float *c = C + m * ldc + 8 * v0;
-            const __m256 dd = _mm256_mul_ps(f0, _mm256_set1_ps(R->d[m][a32]));
-            _mm256_storeu_ps(c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d[m][0], off)), dd, _mm256_loadu_ps(c)));
+        __m256i mul[2][2];
+        for (int v = 0; v < 2; ++v)
+            for (int h = 0; h < 2; ++h) mul[h][v] = ld(I2_FIELD(IGK_Q6_SC + 3 * s + h, v));
+        ONNXQ_UNROLL
+        for (int m0 = 0; m0 < I2_MR; m0 += nm) {
+            __m256i d[I2_MR][2];
+            i2_dot_rows(type, codes, m0, nm, y, mul, d);
+            for (int m = m0; m < m0 + nm; ++m) {
+                const __m256i bp = _mm256_set1_epi32(ig_rd32(R->bsum16[m] + 16 * ab + 2 * s));
+                const __m256 dyv = _mm256_set1_ps(R->d[m][a32]);
+                for (int v = 0; v < 2; ++v) {
+                    const __m256i off = _mm256_madd_epi16(ld(I2_FIELD(IGK_Q6_SC + 3 * s + 2, v)), bp);
+                    const __m256 dd = _mm256_mul_ps(_mm256_loadu_ps((const float *)I2_FIELD(IGK_Q6_D, v)), dyv);
+                    float *c = C + m * ldc + 8 * v;
+                    _mm256_storeu_ps(c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(d[m][v], off)), dd, _mm256_loadu_ps(c)));
+                }
+            }
         }
         return;
     }
-    i2_dot32(type, pb + (int64_t)8 * s * I2_STEP, v0, nv, y, d);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i mul[2][2] = {{ones, ones}, {ones, ones}};
     __m256 ds[2], ms[2];
-    for (int v = 0; v < nv; ++v) {
+    for (int v = 0; v < 2; ++v) {
         ds[v] = _mm256_loadu_ps((const float *)I2_FIELD(IGK_DS + s, v));
-        const __m128i mn8 = _mm_loadl_epi64((const __m128i *)(igk_mins_c(pb, I2_NG) + s * I2_NG * 8 + 8 * (v0 + v)));
+        const __m128i mn8 = _mm_loadl_epi64((const __m128i *)(igk_mins_c(pb, I2_NG) + s * I2_NG * 8 + 8 * v));
         ms[v] = _mm256_mul_ps(_mm256_loadu_ps((const float *)I2_FIELD(IGK_DMIN, v)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)));
     }
 #undef I2_FIELD
-    for (int m = 0; m < I2_MR; ++m) {
-        const float dy = R->d[m][a32];
-        const __m256 dyv = _mm256_set1_ps(dy), my = _mm256_set1_ps(dy * (float)R->isum[m][a32]);
-        for (int v = 0; v < nv; ++v) {
-            float *c = C + m * ldc + 8 * (v0 + v);
-            __m256 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[m][v]), _mm256_mul_ps(ds[v], dyv), _mm256_loadu_ps(c));
-            _mm256_storeu_ps(c, _mm256_fnmadd_ps(ms[v], my, acc));
+    ONNXQ_UNROLL
+    for (int m0 = 0; m0 < I2_MR; m0 += nm) {
+        __m256i d[I2_MR][2];
+        i2_dot_rows(type, codes, m0, nm, y, mul, d);
+        for (int m = m0; m < m0 + nm; ++m) {
+            const __m256 dyv = _mm256_set1_ps(R->d[m][a32]), my = _mm256_broadcast_ss(&dyis[m][s]);
+            for (int v = 0; v < 2; ++v) {
+                float *c = C + m * ldc + 8 * v;
+                const __m256 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[m][v]), _mm256_mul_ps(ds[v], dyv), _mm256_loadu_ps(c));
+                _mm256_storeu_ps(c, _mm256_fnmadd_ps(ms[v], my, acc));
+            }
         }
     }
 }
 
-/* Q4_K: one int16 run per block, 4 rows x 16 columns; Q5_K, Q6_K (several runs, int32 sums kept
- * across them): 4 rows x 8 columns, twice over the panel. */
 AVX2_INLINE void i2_implK(const int type, const uint8_t *panel, int64_t b0, int64_t nblk,
                           const onnxq_qact *const *rows, float *C, int64_t ldc, int first) {
     const int64_t pbytes = onnxq_igemm_block_bytes(type, I2_NG);
-    const int nv = type == ONNXQ_TYPE_Q4_K ? 2 : 1;
     const i2_rows R = i2_rows_of(rows);
     if (first) i2_zero_c(C, ldc);
-    for (int v0 = 0; v0 < I2_NG; v0 += nv)
-        for (int64_t b = 0; b < nblk; ++b)
-            for (int s = 0; s < 8; ++s) i2_kblock(type, panel + b * pbytes, b0 + b, s, v0, nv, &R, C, ldc);
+    for (int64_t b = 0; b < nblk; ++b) {
+        float dyis[I2_MR][8];
+        for (int m = 0; m < I2_MR && type != ONNXQ_TYPE_Q6_K; ++m)
+            qk_dyisum8(R.d[m] + 8 * (b0 + b), R.isum[m] + 8 * (b0 + b), dyis[m]);
+        for (int s = 0; s < 8; ++s) i2_kblock(type, panel + b * pbytes, b0 + b, s, &R, dyis, C, ldc);
+    }
 }
 
 #define I2_ENTRY(t, TYPE, IMPL)                                                                                    \

@@ -145,6 +145,8 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
             continue;
         }
         /* K-quant super-block: eight 32-element blocks (panel fields: kernels_x86.h) */
+        float dyis[IG_MR][8];
+        for (int m = 0; m < IG_MR && type != ONNXQ_TYPE_Q6_K; ++m) qk_dyisum8(rows[m]->d + 8 * ab, rows[m]->isum + 8 * ab, dyis[m]);
         for (int s = 0; s < 8; ++s) {
             const int64_t a32 = 8 * ab + s;
             if (type == ONNXQ_TYPE_Q6_K) { /* two sub-blocks of 16, each scaled in int32 */
@@ -178,7 +180,7 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
                     const float dy = rows[m]->d[a32];
                     IG_ACC_LOAD(m, v);
                     acc[m][v] = IG_FMA(IG_CVT(d[m][v]), IG_MULF(ds, IG_SETF(dy)), acc[m][v]);
-                    acc[m][v] = IG_FNMA(ms, IG_SETF(dy * (float)rows[m]->isum[a32]), acc[m][v]);
+                    acc[m][v] = IG_FNMA(ms, IG_SETF(dyis[m][s]), acc[m][v]);
                     IG_ACC_STORE(m, v);
                 }
             }

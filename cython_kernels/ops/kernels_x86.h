@@ -75,6 +75,12 @@ AVX2_INLINE __m256i q6_scale_dup(const uint8_t *sc, int s) {
                    : _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(v, 0xA0), 0xA0);
 }
 
+/* out[s] = dy_s * (float)isum_s for the 8 activation blocks of a super-block: the factor of the
+ * Q4_K/Q5_K min terms, 8 at once (the same IEEE products as one at a time). */
+AVX2_INLINE void qk_dyisum8(const float *d, const int32_t *isum, float *out) {
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_loadu_ps(d), _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)isum))));
+}
+
 /* Q6_K 32-element block s (sub-blocks 2s, 2s+1): lane r = sc_{2s} * bsum16_{2s} + sc_{2s+1} * bsum16_{2s+1}
  * (one madd over the scale pair; 32 times it is the offset of the codes L = q + 32). */
 AVX2_INLINE __m256i q6_offset(const uint8_t *sc, int s, const int16_t *bsum16) {
