@@ -12,8 +12,8 @@
  * four u8 x s8 products of each dword to an int32 lane with no intermediate int16, so
  * there are no overflow limits to respect and no widening steps; signed 8-bit weights
  * are biased by 128 (and the bias taken out through the activation sums). The two halves
- * are added at the end of a block (super-block sub-block for K-quants), leaving the same
- * 8 int32 row sums as the AVX2 path.
+ * are added at the end of a block (a 32-element sub-block of a K-quant, or half of one for
+ * Q6_K's 16-element sub-blocks), leaving the same 8 int32 row sums as the AVX2 path.
  */
 #include "kernels_x86.h"
 

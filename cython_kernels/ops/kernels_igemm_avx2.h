@@ -8,9 +8,12 @@
  * sub-block scale in both halves of a lane, which scales while it widens). With 16 ymm
  * registers the tile is shaped so that every accumulator stays in a register (a spilled one
  * puts a store-to-load round trip into every step):
- *   Q4_0 Q4_1 (one int16 run per block) and Q8_0 (int32 per step): 4 rows x 16 columns;
- *   Q5_0 Q5_1 (two runs, int32 sums kept across them) and the K-quants (int32 scaled sums
- *   kept across the sub-blocks): 4 rows x 8 columns, twice over the panel.
+ *   Q4_0 Q4_1 Q4_K (one int16 run per 32-element block) and Q8_0 (int32 per step): 4 rows x 16 columns;
+ *   Q5_0 Q5_1 (two runs, int32 sums kept across them): 4 rows x 8 columns, twice over the panel;
+ *   Q5_K Q6_K (two or four runs; Q6_K's widen through its 16-element sub-block scales): 2 rows x
+ *   16 columns, twice per block (a weight load feeds 2 rows, a broadcast 2 column vectors).
+ * K-quant blocks of 32 are Q4_1 / Q5_1 / Q8_0-like blocks (kernels_impl.h), their float scales
+ * in the panel (kernels_x86.h).
  * Q8_0's codes are stored biased (q ^ 0x80); here they go back to signed for ggml's sign
  * trick, maddubs(|w|, sign(y, w)), whose pairs (<= 2 * 128 * 127) leave no room to add in int16.
  * The float part is the dot kernels' operation for operation (see kernels_igemm_x86.h), the

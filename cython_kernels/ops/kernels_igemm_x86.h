@@ -11,8 +11,9 @@
  * dot kernels' (kernels_avx2.c / kernels_avx512.c) operation for operation:
  *   Q4_0 Q5_0 Q8_0: acc = fma(cvt(dot - off * isum), d * dy, acc)
  *   Q4_1 Q5_1:      acc = fma(cvt(dot), d * dy, acc); acc = fma(m, dy * (float)isum, acc)
- *   Q4_K Q5_K:      acc = fma(cvt(sum_s sc_s * dot_s), d * dy, acc); acc = fnma(cvt(mins), dmin * dy, acc)
- *   Q6_K:           acc = fma(cvt(sum_s sc_s * dot_s - 32 * offsets), d * dy, acc)
+ *   Q4_K Q5_K, per 32-element sub-block s: acc = fma(cvt(dot_s), ds * dy, acc); acc = fnma(ms, dy * isum, acc)
+ *                   with ds = d * sc_s, ms = dmin * mn_s (exact) and the activation block's dy, isum
+ *   Q6_K, per 32 elements: acc = fma(cvt(sc_a * dot16_a + sc_b * dot16_b - 32 * offset), d * dy, acc)
  * with every integer exact, so C is bit-identical to the dot kernels' output.
  */
 #if IG_ZMM
