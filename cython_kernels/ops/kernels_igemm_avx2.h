@@ -186,6 +186,7 @@ AVX2_INLINE void i2_dot_rows(const int type, const uint8_t *pb, const int m0, co
             for (int v = 0; v < 2; ++v) {
                 const __m256i w = _mm256_madd_epi16(t[m][v], mul[r0 >= 4][v]);
                 d[m][v] = r0 ? _mm256_add_epi32(d[m][v], w) : w;
+                I2_KEEP(d[m][v]); /* one running sum, not four live partial ones */
             }
     }
 }
