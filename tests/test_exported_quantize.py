@@ -22,12 +22,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def _quantize_all(names, tmp_path, qtype):
+def _quantize_all(names, tmp_path, qtype, mode=None):
     out = {}
     for name in names:
         target = tmp_path / name / "model.onnx"
         target.parent.mkdir()
-        report = onnxq.quantize(path(name), target, type=qtype, progress=False)
+        report = onnxq.quantize(path(name), target, type=qtype, mode=mode, progress=False)
         out[name] = (str(target), report)
     return out
 
@@ -35,7 +35,9 @@ def _quantize_all(names, tmp_path, qtype):
 @pytest.mark.parametrize("names, qtype, output", [(LLMS, "q4_k", "logits"), (ENCODERS, "q6_k", "last_hidden_state")],
                          ids=["smollm2-q4_k", "minilm-q6_k"])
 def test_every_export_of_the_same_weights_quantizes_to_the_same_model(names, qtype, output, tmp_path):
-    done = _quantize_all(names, tmp_path, qtype)
+    # exact mode: the auto mode measures a fused QKV (onnxruntime-genai) as one layer and may give it
+    # another mode than the three separate projections get, which is a different model on purpose
+    done = _quantize_all(names, tmp_path, qtype, mode="exact")
     # the same token ids for each (feeds synthesizes what else each export takes)
     outs = {name: run(q, feeds(name, batch=2, seq=8, seed=4))[output] for name, (q, _) in done.items()}
     want = run(path(names[0]), feeds(names[0], batch=2, seq=8, seed=4))[output]
