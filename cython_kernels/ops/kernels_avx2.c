@@ -815,7 +815,7 @@ AVX2_INLINE __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) {
  * kernels stay AVX2's at both levels: decode is bound by memory bandwidth, and one dot per
  * level keeps the results identical). */
 #define AVX2_TABLE_COMMON                                                                                    \
-    .quant_q8_0 = onnxq_avx2_quant_q8_0,                           \
+    .quant_q8_0 = onnxq_avx2_quant_q8_0,                                                                     \
     .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},                  \
     .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1,     \
               onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},    \

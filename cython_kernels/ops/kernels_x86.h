@@ -92,8 +92,8 @@ AVX2_INLINE __m256i q6_offset(const uint8_t *sc, int s, const int16_t *bsum16) {
 
 /* The x86 integer GEMM panel of a K-quant super-block (kernels_impl.h): 64 code steps, then these
  * fields (32 bytes per group each, as the code steps). Q4_K Q5_K: ds of sub-block s (float), dmin
- * (float) and the mins, bytes mn[s][ng * 8] (column-major within a sub-block, so 8 or 16 columns
- * are one contiguous load). Q6_K: d (float), then per 32-element block s three int32 vectors:
+ * (float) and the mins, bytes mn[s][ng * 8] (a sub-block's columns side by side, so the mins of
+ * 8 or 16 columns are one contiguous load). Q6_K: d (float), then per 32-element block s three int32 vectors:
  * sc_{2s} and sc_{2s+1}, each in both int16 halves of a lane, and 32 * (sc_{2s}, sc_{2s+1}) as int16 pairs. */
 enum { IGK_DS = 64, IGK_DMIN = 72, IGK_MN = 73, IGK_Q6_D = 64, IGK_Q6_SC = 65 };
 static inline uint8_t *igk_mins(uint8_t *pb, int ng) { return pb + (int64_t)IGK_MN * ng * 32; }
