@@ -72,31 +72,6 @@ AVX2 void onnxq_avx2_quant_q8_0(const float *x, int64_t n, int64_t nb, int8_t *q
     }
 }
 
-AVX2 void onnxq_avx2_quant_q8_K(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
-                            int16_t *bsum32) {
-    float buf[QK_K];
-    for (int64_t b = 0; b < nb; ++b) {
-        const float *src = block_src(x + b * QK_K, n - b * QK_K, QK_K, buf);
-        __m256 m = _mm256_setzero_ps();
-        for (int i = 0; i < QK_K; i += 32) m = absmax32(src + i, m);
-        const float amax = hmax8(m);
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        d[b] = amax / 127.0f;
-        int8_t *q = qs + b * QK_K;
-        for (int i = 0; i < QK_K; i += 32) quant32(src + i, _mm256_set1_ps(id), q + i);
-        /* sums of 16: sad against zero sums 8 unsigned bytes; bias the signed ones by 128 */
-        for (int i = 0; i < QK_K; i += 32) {
-            const __m256i u = _mm256_xor_si256(ld((const uint8_t *)q + i), _mm256_set1_epi8((char)0x80));
-            const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256());
-            const __m256i pair = _mm256_add_epi64(s, _mm256_srli_si256(s, 8)); /* lanes 0 and 2 */
-            const int s0 = _mm256_extract_epi32(pair, 0) - 16 * 128, s1 = _mm256_extract_epi32(pair, 4) - 16 * 128;
-            bsum16[b * 16 + i / 16] = (int16_t)s0;
-            bsum16[b * 16 + i / 16 + 1] = (int16_t)s1;
-            bsum32[b * 8 + i / 32] = (int16_t)(s0 + s1);
-        }
-    }
-}
-
 /* ---------------- fast-mode dot products ---------------- */
 
 /* sum_j maddubs(w[j], y[4j..4j+3]) for j in [j0, j1): int16 lanes, caller bounds the count. */
@@ -252,22 +227,22 @@ AVX2_INLINE void expand_qk_sub(const uint8_t *qs, const uint8_t *qh, int s, __m2
     }
 }
 
-/* Q4_K (5-bit: Q5_K): per super-block sum_s sc_s * sum(q*y), exact in int32 (<= 8*63*32*31*127). */
-/* isc[m] += sum over sub-block s of sc_s * q * y, for the M activation rows. */
+/* Q4_K (5-bit: Q5_K) sub-block s: every sub-block is a Q4_1 (Q5_1) block with d = ds, m = -ms:
+ * acc = fma(cvt(dot), ds * dy, acc); acc = fnma(ms, dy * isum, acc), dy and isum the activation
+ * block's (kernels_impl.h). 4-bit codes: 8 pairs fit int16; 5-bit: 4. */
 AVX2_INLINE void qk_sub(const uint8_t *gb, const uint8_t *qs, const uint8_t *qh, int s, const onnxq_qact *a, int64_t b,
-                        const int M, const int is_q5, __m256i *isc) {
+                        const int M, const int is_q5, const float *dyis, __m256 *acc) {
     __m256i w[8];
     expand_qk_sub(qs, qh, s, w);
-    /* the 6-bit scale in both int16 halves of each lane: madd widens and scales at once */
-    const __m256i sc32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gb + GB_QK_SC + 8 * s)));
-    const __m256i sc = _mm256_or_si256(sc32, _mm256_slli_epi32(sc32, 16));
+    const __m256 ds = qk_ds(gb, s), ms = qk_ms(gb, s);
+    const int64_t ab = 8 * b + s;
     for (int m = 0; m < M; ++m) {
-        const int8_t *y = a[m].qs + QK_K * b + 32 * s;
-        /* 4-bit codes: 8 pairs fit int16; 5-bit: 4 */
-        const __m256i sum = is_q5 ? _mm256_add_epi32(_mm256_madd_epi16(mb_run(w, y, 0, 4), sc),
-                                                     _mm256_madd_epi16(mb_run(w, y, 4, 8), sc))
-                                  : _mm256_madd_epi16(mb_run(w, y, 0, 8), sc);
-        isc[m] = _mm256_add_epi32(isc[m], sum);
+        const int8_t *y = a[m].qs + 32 * ab;
+        const __m256i sum = is_q5 ? _mm256_add_epi32(madd1(mb_run(w, y, 0, 4)), madd1(mb_run(w, y, 4, 8)))
+                                  : madd1(mb_run(w, y, 0, 8));
+        const float dy = a[m].d[ab];
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ds, _mm256_set1_ps(dy)), acc[m]);
+        acc[m] = _mm256_fnmadd_ps(ms, _mm256_broadcast_ss(dyis + 8 * m + s), acc[m]);
     }
 }
 
@@ -281,20 +256,13 @@ AVX2_INLINE void dot_qk_impl(const uint8_t *g, int64_t nb, const onnxq_qact *a, 
         prefetch_block(gb, gbytes);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS);
         const uint8_t *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
-        __m256i isc[8];
-        for (int m = 0; m < M; ++m) isc[m] = _mm256_setzero_si256();
+        float dyis[8 * 8];
+        for (int m = 0; m < M; ++m) qk_dyisum8(a[m].d + 8 * b, a[m].isum + 8 * b, dyis + 8 * m);
         if (M == 1) { /* decode: unrolled, the sub-blocks overlap in the pipeline */
             ONNXQ_UNROLL
-            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, isc);
+            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, dyis, acc);
         } else {
-            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, isc);
-        }
-        const __m256 d = ld_half8(gb), dmin = ld_half8(gb + GB_QK_DMIN);
-        for (int m = 0; m < M; ++m) {
-            const __m256 dy = _mm256_set1_ps(a[m].d[b]);
-            const __m256i imn = qk_mins(gb + GB_QK_MN, a[m].bsum32 + 8 * b);
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isc[m]), _mm256_mul_ps(d, dy), acc[m]);
-            acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imn), _mm256_mul_ps(dmin, dy), acc[m]);
+            for (int s = 0; s < 8; ++s) qk_sub(gb, qs, qh, s, a, b, M, is_q5, dyis, acc);
         }
     }
     store_acc(acc, M, out);
@@ -315,42 +283,39 @@ AVX2_INLINE void expand_q6_quarter(const uint8_t *gb, int h, int q, __m256i w[8]
     }
 }
 
-/* isc[m] += sum over quarter (h, q) of sc_s * L * y (two sub-blocks of 16). */
-AVX2_INLINE void q6_quarter(const uint8_t *gb, int h, int q, const onnxq_qact *a, int64_t b, const int M, __m256i *isc) {
+/* Quarter (h, q) is 32-element block s = 4h + q, sub-blocks 2s and 2s + 1 of 16: 2 pairs of 6-bit
+ * products per int16 (<= 4 * 63 * 127), scaled while widened, then the offset 32 * sum sc * bsum16:
+ * acc = fma(cvt(isum), d * dy, acc) (kernels_impl.h). */
+AVX2_INLINE void q6_quarter(const uint8_t *gb, int h, int q, const onnxq_qact *a, int64_t b, const int M, __m256 *acc) {
     __m256i w[8];
     expand_q6_quarter(gb, h, q, w);
-    const int s0 = 8 * h + 2 * q;
-    const __m256i sc0 = q6_scale_dup(gb + GB_Q6_K_SC, s0), sc1 = q6_scale_dup(gb + GB_Q6_K_SC, s0 + 1);
+    const int s = 4 * h + q;
+    const __m256i sc0 = q6_scale_dup(gb + GB_Q6_K_SC, 2 * s), sc1 = q6_scale_dup(gb + GB_Q6_K_SC, 2 * s + 1);
+    const __m256 d = ld_half8(gb);
+    const int64_t ab = 8 * b + s;
     for (int m = 0; m < M; ++m) {
-        const int8_t *y = a[m].qs + QK_K * b + 128 * h + 32 * q;
-        /* 2 pairs of 6-bit products per int16 (<= 4 * 63 * 127), scaled while widened */
+        const int8_t *y = a[m].qs + 32 * ab;
         const __m256i u0 = _mm256_add_epi32(_mm256_madd_epi16(mb_run(w, y, 0, 2), sc0),
                                             _mm256_madd_epi16(mb_run(w, y, 2, 4), sc0));
         const __m256i u1 = _mm256_add_epi32(_mm256_madd_epi16(mb_run(w, y, 4, 6), sc1),
                                             _mm256_madd_epi16(mb_run(w, y, 6, 8), sc1));
-        isc[m] = _mm256_add_epi32(isc[m], _mm256_add_epi32(u0, u1));
+        const __m256i off = q6_offset(gb + GB_Q6_K_SC, s, a[m].bsum16 + 16 * b);
+        const __m256i isum = _mm256_sub_epi32(_mm256_add_epi32(u0, u1), _mm256_slli_epi32(off, 5));
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[ab])), acc[m]);
     }
 }
 
-/* Q6_K: sum_s sc_s * (sum(L*y) - 32 * bsum16_s); 2 pairs of 6-bit products per int16. */
 AVX2_INLINE void dot_q6_K_impl(const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M, float *out) {
     __m256 acc[8];
     for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *gb = g + b * GB_Q6_K_BYTES;
         prefetch_block(gb, GB_Q6_K_BYTES);
-        __m256i isc[8];
-        for (int m = 0; m < M; ++m) isc[m] = _mm256_setzero_si256();
         if (M == 1) { /* decode: unrolled, the quarters overlap in the pipeline */
             ONNXQ_UNROLL
-            for (int hq = 0; hq < 8; ++hq) q6_quarter(gb, hq >> 2, hq & 3, a, b, M, isc);
+            for (int hq = 0; hq < 8; ++hq) q6_quarter(gb, hq >> 2, hq & 3, a, b, M, acc);
         } else {
-            for (int hq = 0; hq < 8; ++hq) q6_quarter(gb, hq >> 2, hq & 3, a, b, M, isc);
-        }
-        const __m256 d = ld_half8(gb);
-        for (int m = 0; m < M; ++m) {
-            const __m256i tot = _mm256_sub_epi32(isc[m], _mm256_slli_epi32(q6_offsets(gb + GB_Q6_K_SC, a[m].bsum16 + 16 * b), 5));
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+            for (int hq = 0; hq < 8; ++hq) q6_quarter(gb, hq >> 2, hq & 3, a, b, M, acc);
         }
     }
     store_acc(acc, M, out);
@@ -450,18 +415,13 @@ AVX2 void onnxq_avx2_panel_q8_0(const uint8_t *gb, int64_t nblk, float *p) {
 AVX2_INLINE void panel_qk(const uint8_t *gb, int64_t nblk, float *p, const int is_q5) {
     const int64_t gbytes = is_q5 ? GB_Q5_K_BYTES : GB_Q4_K_BYTES;
     for (int64_t b = 0; b < nblk; ++b, gb += gbytes, p += QK_K * 8) {
-        const __m256 d = ld_half8(gb), dmin = ld_half8(gb + GB_QK_DMIN);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS);
         const uint8_t *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
         ONNXQ_UNROLL
         for (int s = 0; s < 8; ++s) {
             __m256i w[8];
             expand_qk_sub(qs, qh, s, w);
-            const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gb + GB_QK_SC + 8 * s))));
-            /* mins of sub-block s: byte (s & 1) of pair (s >> 1) */
-            const __m256i mp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_QK_MN + 16 * (s >> 1))));
-            const __m256 mn = _mm256_cvtepi32_ps((s & 1) ? _mm256_srli_epi32(mp, 16) : _mm256_and_si256(mp, _mm256_set1_epi32(0xFFFF)));
-            const __m256 d1 = _mm256_mul_ps(d, sc), m1 = _mm256_mul_ps(dmin, mn);
+            const __m256 d1 = qk_ds(gb, s), m1 = qk_ms(gb, s);
             ONNXQ_UNROLL
             for (int gi = 0; gi < 8; ++gi)
                 ONNXQ_UNROLL
@@ -581,16 +541,12 @@ AVX2_INLINE void fdot_qk_impl(const uint8_t *g, int64_t nb, const float *x, int6
         prefetch_block(gb, gbytes);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS);
         const uint8_t *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
-        const __m256 d = ld_half8(gb), dmin = ld_half8(gb + GB_QK_DMIN);
         for (int s = 0; s < 8; ++s) {
             __m256i w[8];
             expand_qk_sub(qs, qh, s, w);
             __m256 r[8];
             fdot_run(w, 0, 8, 0, x + QK_K * b + 32 * s, ldx, M, r);
-            const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gb + GB_QK_SC + 8 * s))));
-            const __m256i mp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_QK_MN + 16 * (s >> 1))));
-            const __m256 mn = _mm256_cvtepi32_ps((s & 1) ? _mm256_srli_epi32(mp, 16) : _mm256_and_si256(mp, _mm256_set1_epi32(0xFFFF)));
-            const __m256 d1 = _mm256_mul_ps(d, sc), m1 = _mm256_mul_ps(dmin, mn);
+            const __m256 d1 = qk_ds(gb, s), m1 = qk_ms(gb, s);
             for (int m = 0; m < M; ++m) {
                 acc[m] = _mm256_fmadd_ps(r[m], d1, acc[m]);
                 acc[m] = _mm256_fnmadd_ps(m1, _mm256_broadcast_ss(xsum + m * ldsum + 8 * b + s), acc[m]);
@@ -747,7 +703,7 @@ AVX2_INLINE void put_codes(uint8_t *pb, int ng, int gi, int ks0, const __m256i *
 AVX2_INLINE void gexpand_block(const int type, const uint8_t *gb, uint8_t *pb, int ng, int gi) {
     const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
     __m256i w[8];
-    _mm256_storeu_ps((float *)pslot(pb, ng, sh.nks, gi), ld_half8(gb));
+    if (sh.nsub == 0) _mm256_storeu_ps((float *)pslot(pb, ng, sh.nks, gi), ld_half8(gb)); /* 32-element types: d */
     switch (type) {
     case ONNXQ_TYPE_Q4_0:
     case ONNXQ_TYPE_Q4_1: {
@@ -778,43 +734,36 @@ AVX2_INLINE void gexpand_block(const int type, const uint8_t *gb, uint8_t *pb, i
         for (int s = 0; s < 8; ++s) {
             expand_qk_sub(gb + (q5 ? GB_Q5_K_QS : GB_Q4_K_QS), q5 ? gb + GB_Q5_K_QH : NULL, s, w);
             put_codes(pb, ng, gi, 8 * s, w, 8);
-            const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gb + GB_QK_SC + 8 * s)));
-            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 2 + s, gi), sc);
+            _mm256_storeu_ps((float *)pslot(pb, ng, IGK_DS + s, gi), qk_ds(gb, s));
         }
-        _mm256_storeu_ps((float *)pslot(pb, ng, sh.nks + 1, gi), ld_half8(gb + GB_QK_DMIN));
-        for (int p = 0; p < 4; ++p)
-            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 10 + p, gi),
-                                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_QK_MN + 16 * p))));
+        _mm256_storeu_ps((float *)pslot(pb, ng, IGK_DMIN, gi), ld_half8(gb + GB_QK_DMIN));
+        uint8_t *mn = igk_mins(pb, ng) + 8 * gi;
+        for (int s = 0; s < 8; ++s)
+            for (int r = 0; r < 8; ++r) mn[s * ng * 8 + r] = gb[GB_QK_MN + ((s >> 1) * 8 + r) * 2 + (s & 1)];
         break;
     }
     default: /* Q6_K */
+        _mm256_storeu_ps((float *)pslot(pb, ng, IGK_Q6_D, gi), ld_half8(gb));
         for (int hq = 0; hq < 8; ++hq) {
             expand_q6_quarter(gb, hq >> 2, hq & 3, w);
             put_codes(pb, ng, gi, 8 * hq, w, 8);
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_Q6_K_SC + 16 * hq)));
+            _mm256_storeu_si256((__m256i *)pslot(pb, ng, IGK_Q6_SC + 3 * hq, gi), q6_scale_dup(gb + GB_Q6_K_SC, 2 * hq));
+            _mm256_storeu_si256((__m256i *)pslot(pb, ng, IGK_Q6_SC + 3 * hq + 1, gi), q6_scale_dup(gb + GB_Q6_K_SC, 2 * hq + 1));
+            _mm256_storeu_si256((__m256i *)pslot(pb, ng, IGK_Q6_SC + 3 * hq + 2, gi), _mm256_slli_epi16(sc16, 5)); /* 32 * sc */
         }
-        for (int s = 0; s < 16; ++s)
-            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 1 + s, gi), q6_scale(gb + GB_Q6_K_SC, s));
-        for (int p = 0; p < 8; ++p)
-            _mm256_storeu_si256((__m256i *)pslot(pb, ng, sh.nks + 17 + p, gi),
-                                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_Q6_K_SC + 16 * p))));
         break;
     }
 }
 
 AVX2_INLINE void gexpand_impl(const int type, const uint8_t *gd, int64_t gstride, int nvalid, int ng, int64_t b0,
                               int64_t nblk, uint8_t *panel) {
-    const onnxq_igemm_shape sh = onnxq_igemm_shape_of(type);
     const int64_t gbytes = onnxq_group_block_bytes(type), pbytes = onnxq_igemm_block_bytes(type, ng);
-    const int nvec = sh.nks + sh.nf + sh.nsub + sh.npair;
     for (int64_t b = 0; b < nblk; ++b) {
         uint8_t *pb = panel + b * pbytes;
-        for (int gi = 0; gi < ng; ++gi) {
-            if (gi < nvalid) {
-                gexpand_block(type, gd + gi * gstride + (b0 + b) * gbytes, pb, ng, gi);
-            } else { /* padding group: zero codes and scales, its columns are never stored */
-                for (int v = 0; v < nvec; ++v) memset(pslot(pb, ng, v, gi), 0, 32);
-            }
-        }
+        /* padding groups: zero codes and scales, their columns are never stored */
+        if (nvalid < ng) memset(pb, 0, (size_t)pbytes);
+        for (int gi = 0; gi < nvalid; ++gi) gexpand_block(type, gd + gi * gstride + (b0 + b) * gbytes, pb, ng, gi);
     }
 }
 
@@ -834,8 +783,23 @@ GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
 #undef GEXPAND_ENTRY
 
 /* AVX-VNNI (VEX vpdpbusd on ymm, 16 registers): 4 rows x 16 columns, one instruction per step. */
-#define IG_NAME(x) x##_avxvnni
+#ifdef ONNXQ_EMULATE_VNNI
+/* Test builds only (tests/native/emulate_avx512.py runs this table too): an exact vpdpbusd from
+ * AVX2, and no "avxvnni" target, so CPUs without AVX-VNNI run the micro-kernels as shipped. */
+AVX2_INLINE __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) {
+    const __m256i plo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(u)),
+                                          _mm256_cvtepi8_epi16(_mm256_castsi256_si128(s)));
+    const __m256i phi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1)),
+                                          _mm256_cvtepi8_epi16(_mm256_extracti128_si256(s, 1)));
+    /* hadd gives dwords 0 1 4 5 | 2 3 6 7 */
+    const __m256i h = _mm256_hadd_epi32(plo, phi);
+    return _mm256_add_epi32(acc, _mm256_permutevar8x32_epi32(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7)));
+}
+#define IG_ATTR "avx2,fma,f16c"
+#else
 #define IG_ATTR "avxvnni,avx2,fma,f16c"
+#endif
+#define IG_NAME(x) x##_avxvnni
 #define IG_MR 4
 #define IG_NV 2
 #define IG_VEXVNNI 1
@@ -851,13 +815,13 @@ GEXPAND_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
  * kernels stay AVX2's at both levels: decode is bound by memory bandwidth, and one dot per
  * level keeps the results identical). */
 #define AVX2_TABLE_COMMON                                                                                    \
-    .quant_q8_0 = onnxq_avx2_quant_q8_0, .quant_q8_K = onnxq_avx2_quant_q8_K,                                \
+    .quant_q8_0 = onnxq_avx2_quant_q8_0,                                                                     \
     .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},                  \
     .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1,     \
               onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},    \
     .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,         \
              onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},        \
-    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_ng = I2_NG
+    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_ng = I2_NG, .kq32 = 1
 
 static const onnxq_kernel_table table_avx2 = {
     .name = "avx2", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avx2), .igemm_mr = I2_MR};

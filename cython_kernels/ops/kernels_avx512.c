@@ -12,8 +12,8 @@
  * four u8 x s8 products of each dword to an int32 lane with no intermediate int16, so
  * there are no overflow limits to respect and no widening steps; signed 8-bit weights
  * are biased by 128 (and the bias taken out through the activation sums). The two halves
- * are added at the end of a block (super-block sub-block for K-quants), leaving the same
- * 8 int32 row sums as the AVX2 path.
+ * are added at the end of a block (a 32-element sub-block of a K-quant, or half of one for
+ * Q6_K's 16-element sub-blocks), leaving the same 8 int32 row sums as the AVX2 path.
  */
 #include "kernels_x86.h"
 
@@ -144,6 +144,7 @@ AVX512_INLINE void expand_qk_subz(const uint8_t *qs, const uint8_t *qh, int s, _
     }
 }
 
+/* Every sub-block is a Q4_1 / Q5_1 block with d = ds, m = -ms (kernels_impl.h), as the AVX2 kernels. */
 AVX512_INLINE void dot_qk_implz(const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M, float *out,
                                 const int is_q5) {
     __m256 acc[8];
@@ -154,22 +155,20 @@ AVX512_INLINE void dot_qk_implz(const uint8_t *g, int64_t nb, const onnxq_qact *
         prefetch_block(gb, gbytes);
         const uint8_t *qs = gb + (is_q5 ? GB_Q5_K_QS : GB_Q4_K_QS);
         const uint8_t *qh = is_q5 ? gb + GB_Q5_K_QH : NULL;
-        __m256i isc[8];
-        for (int m = 0; m < M; ++m) isc[m] = _mm256_setzero_si256();
+        float dyis[8 * 8];
+        for (int m = 0; m < M; ++m) qk_dyisum8(a[m].d + 8 * b, a[m].isum + 8 * b, dyis + 8 * m);
         ONNXQ_UNROLL
         for (int s = 0; s < 8; ++s) {
             __m512i w[4];
             expand_qk_subz(qs, qh, s, w);
-            const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gb + GB_QK_SC + 8 * s)));
-            for (int m = 0; m < M; ++m)
-                isc[m] = _mm256_add_epi32(isc[m], _mm256_mullo_epi32(dp_run(w, a[m].qs + QK_K * b + 32 * s, 0, 4), sc));
-        }
-        const __m256 d = ld_half8(gb), dmin = ld_half8(gb + GB_QK_DMIN);
-        for (int m = 0; m < M; ++m) {
-            const __m256 dy = _mm256_set1_ps(a[m].d[b]);
-            const __m256i imn = qk_mins(gb + GB_QK_MN, a[m].bsum32 + 8 * b);
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isc[m]), _mm256_mul_ps(d, dy), acc[m]);
-            acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imn), _mm256_mul_ps(dmin, dy), acc[m]);
+            const __m256 ds = qk_ds(gb, s), ms = qk_ms(gb, s);
+            const int64_t ab = 8 * b + s;
+            for (int m = 0; m < M; ++m) {
+                const __m256i sum = dp_run(w, a[m].qs + 32 * ab, 0, 4);
+                const float dy = a[m].d[ab];
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ds, _mm256_set1_ps(dy)), acc[m]);
+                acc[m] = _mm256_fnmadd_ps(ms, _mm256_broadcast_ss(dyis + 8 * m + s), acc[m]);
+            }
         }
     }
     store_accz(acc, M, out);
@@ -187,33 +186,32 @@ AVX512_INLINE void expand_q6_quarterz(const uint8_t *gb, int h, int q, __m512i w
     }
 }
 
+/* Quarter (h, q) is 32-element block s = 4h + q: two sub-blocks of 16 scaled in int32, the offset
+ * 32 * sum sc * bsum16 taken out, one fma (kernels_impl.h). */
 AVX512_INLINE void dot_q6_K_implz(const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M, float *out) {
     __m256 acc[8];
     for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t *gb = g + b * GB_Q6_K_BYTES;
         prefetch_block(gb, GB_Q6_K_BYTES);
-        __m256i isc[8];
-        for (int m = 0; m < M; ++m) isc[m] = _mm256_setzero_si256();
+        const __m256 d = ld_half8(gb);
         ONNXQ_UNROLL
         for (int h = 0; h < 2; ++h) {
             ONNXQ_UNROLL
             for (int q = 0; q < 4; ++q) {
                 __m512i w[4];
                 expand_q6_quarterz(gb, h, q, w);
-                const int s0 = 8 * h + 2 * q;
-                const __m256i sc0 = q6_scale(gb + GB_Q6_K_SC, s0), sc1 = q6_scale(gb + GB_Q6_K_SC, s0 + 1);
+                const int s = 4 * h + q;
+                const int64_t ab = 8 * b + s;
+                const __m256i sc0 = q6_scale(gb + GB_Q6_K_SC, 2 * s), sc1 = q6_scale(gb + GB_Q6_K_SC, 2 * s + 1);
                 for (int m = 0; m < M; ++m) {
-                    const int8_t *y = a[m].qs + QK_K * b + 128 * h + 32 * q;
-                    isc[m] = _mm256_add_epi32(isc[m], _mm256_add_epi32(_mm256_mullo_epi32(dp_run(w, y, 0, 2), sc0),
-                                                                       _mm256_mullo_epi32(dp_run(w, y, 2, 4), sc1)));
+                    const int8_t *y = a[m].qs + 32 * ab;
+                    const __m256i u = _mm256_add_epi32(_mm256_mullo_epi32(dp_run(w, y, 0, 2), sc0),
+                                                       _mm256_mullo_epi32(dp_run(w, y, 2, 4), sc1));
+                    const __m256i isum = _mm256_sub_epi32(u, _mm256_slli_epi32(q6_offset(gb + GB_Q6_K_SC, s, a[m].bsum16 + 16 * b), 5));
+                    acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[ab])), acc[m]);
                 }
             }
-        }
-        const __m256 d = ld_half8(gb);
-        for (int m = 0; m < M; ++m) {
-            const __m256i tot = _mm256_sub_epi32(isc[m], _mm256_slli_epi32(q6_offsets(gb + GB_Q6_K_SC, a[m].bsum16 + 16 * b), 5));
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
         }
     }
     store_accz(acc, M, out);
@@ -245,7 +243,6 @@ DOT_ENTRYZ(dotz_q6_K, dot_q6_K_implz(g, nb, a, 1, out), dot_q6_K_implz(g, nb, a,
 static const onnxq_kernel_table table_avx512vnni = {
     .name = "avx512vnni",
     .quant_q8_0 = onnxq_avx2_quant_q8_0,
-    .quant_q8_K = onnxq_avx2_quant_q8_K,
     .dot = {dotz_q4_0, dotz_q4_1, dotz_q5_0, dotz_q5_1, dotz_q8_0, dotz_q4_K, dotz_q5_K, dotz_q6_K},
     .panel = {onnxq_avx2_panel_q4_0, onnxq_avx2_panel_q4_1, onnxq_avx2_panel_q5_0, onnxq_avx2_panel_q5_1,
               onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},
@@ -256,6 +253,7 @@ static const onnxq_kernel_table table_avx512vnni = {
     .igemm = IGEMM_TABLE(avx512),
     .igemm_mr = IG_MR,
     .igemm_ng = 2 * IG_NV,
+    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_avx512vnni(void) { return &table_avx512vnni; }

@@ -11,8 +11,9 @@
  * dot kernels' (kernels_avx2.c / kernels_avx512.c) operation for operation:
  *   Q4_0 Q5_0 Q8_0: acc = fma(cvt(dot - off * isum), d * dy, acc)
  *   Q4_1 Q5_1:      acc = fma(cvt(dot), d * dy, acc); acc = fma(m, dy * (float)isum, acc)
- *   Q4_K Q5_K:      acc = fma(cvt(sum_s sc_s * dot_s), d * dy, acc); acc = fnma(cvt(mins), dmin * dy, acc)
- *   Q6_K:           acc = fma(cvt(sum_s sc_s * dot_s - 32 * offsets), d * dy, acc)
+ *   Q4_K Q5_K, per 32-element sub-block s: acc = fma(cvt(dot_s), ds * dy, acc); acc = fnma(ms, dy * isum, acc)
+ *                   with ds = d * sc_s, ms = dmin * mn_s (exact) and the activation block's dy, isum
+ *   Q6_K, per 32 elements: acc = fma(cvt(sc_a * dot16_a + sc_b * dot16_b - 32 * offset), d * dy, acc)
  * with every integer exact, so C is bit-identical to the dot kernels' output.
  */
 #if IG_ZMM
@@ -30,6 +31,9 @@
 #define IG_ADD(a, b) _mm512_add_epi32(a, b)
 #define IG_SUB(a, b) _mm512_sub_epi32(a, b)
 #define IG_SLLI(a, n) _mm512_slli_epi32(a, n)
+#define IG_SRAI(a, n) _mm512_srai_epi32(a, n)
+#define IG_LDU8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p)))
+#define IG_Q6_NV IG_NV /* 32 registers: both sub-blocks' sums of every vector fit */
 #define IG_MULLO(a, b) _mm512_mullo_epi32(a, b)
 #define IG_MADD16(a, b) _mm512_madd_epi16(a, b)
 #define IG_CVT(a) _mm512_cvtepi32_ps(a)
@@ -52,13 +56,18 @@
 #define IG_ADD(a, b) _mm256_add_epi32(a, b)
 #define IG_SUB(a, b) _mm256_sub_epi32(a, b)
 #define IG_SLLI(a, n) _mm256_slli_epi32(a, n)
+#define IG_SRAI(a, n) _mm256_srai_epi32(a, n)
+#define IG_LDU8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+#define IG_Q6_NV 1 /* 16 registers: one vector of columns at a time */
 #define IG_MULLO(a, b) _mm256_mullo_epi32(a, b)
 #define IG_MADD16(a, b) _mm256_madd_epi16(a, b)
 #define IG_CVT(a) _mm256_cvtepi32_ps(a)
 #define IG_MULF(a, b) _mm256_mul_ps(a, b)
 #define IG_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define IG_FNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)
-#if IG_VEXVNNI
+#if IG_VEXVNNI && defined(ONNXQ_EMULATE_VNNI)
+#define IG_DP(acc, w, y) dpbusd_avx2(acc, w, y) /* test builds (kernels_avx2.c) */
+#elif IG_VEXVNNI
 #define IG_DP(acc, w, y) _mm256_dpbusd_avx_epi32(acc, w, y)
 #endif
 #endif
@@ -75,21 +84,20 @@ static inline int32_t ig_rd32(const void *p) {
 }
 #endif
 
-/* d[m][v] = sum over steps [ks0, ks0 + nks) of codes . activations (row m from element k0). */
-IG_INLINE void IG_NAME(ig_subdot)(const int type, const uint8_t *pb, const int ks0, const int nks,
-                                  const onnxq_qact *const *rows, int64_t k0, IG_W d[IG_MR][IG_NV]) {
+/* d[m][v] = sum over steps [ks0, ks0 + nks) of codes . activations (row m from element k0), v in [v0, v0 + nv). */
+IG_INLINE void IG_NAME(ig_subdot)(const uint8_t *pb, const int ks0, const int nks, const onnxq_qact *const *rows,
+                                  int64_t k0, const int v0, const int nv, IG_W d[IG_MR][IG_NV]) {
     for (int m = 0; m < IG_MR; ++m)
-        for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_ZERO();
+        for (int v = v0; v < v0 + nv; ++v) d[m][v] = IG_ZERO();
     ONNXQ_UNROLL
     for (int ks = 0; ks < nks; ++ks) {
         IG_W w[IG_NV];
-        for (int v = 0; v < IG_NV; ++v) w[v] = IG_LD(pb + ((int64_t)(ks0 + ks) * IG_NG) * 32 + v * IG_VB);
+        for (int v = v0; v < v0 + nv; ++v) w[v] = IG_LD(pb + ((int64_t)(ks0 + ks) * IG_NG) * 32 + v * IG_VB);
         for (int m = 0; m < IG_MR; ++m) {
             const IG_W y = IG_BC32(rows[m]->qs + k0 + 4 * ks);
-            for (int v = 0; v < IG_NV; ++v) d[m][v] = IG_DP(d[m][v], w[v], y);
+            for (int v = v0; v < v0 + nv; ++v) d[m][v] = IG_DP(d[m][v], w[v], y);
         }
     }
-    (void)type;
 }
 
 /* Vector v of field f (0 = f0, 1 = f1, ...) of a panel block. */
@@ -121,7 +129,7 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
         const int64_t ab = b0 + b;
         IG_W d[IG_MR][IG_NV];
         if (sh.nks == 8) { /* 32-element blocks */
-            IG_NAME(ig_subdot)(type, pb, 0, 8, rows, 32 * ab, d);
+            IG_NAME(ig_subdot)(pb, 0, 8, rows, 32 * ab, 0, IG_NV, d);
             for (int v = 0; v < IG_NV; ++v) {
                 const IG_F dx = IG_LDF(IG_FIELD(pb, 8, 0, v));
                 for (int m = 0; m < IG_MR; ++m) {
@@ -137,33 +145,45 @@ IG_INLINE void IG_NAME(ig_impl)(const int type, const uint8_t *panel, int64_t b0
             }
             continue;
         }
-        /* K-quant super-block: scaled sub-block sums */
-        IG_W isc[IG_MR][IG_NV];
-        const int sub = sh.nks / sh.nsub, scf = sh.nf; /* steps per sub-block; sc field index */
-        for (int s = 0; s < sh.nsub; ++s) {
-            IG_NAME(ig_subdot)(type, pb, s * sub, sub, rows, QK_K * ab + 4 * sub * s, d);
-            for (int v = 0; v < IG_NV; ++v) {
-                const IG_W sc = IG_LD(IG_FIELD(pb, sh.nks, scf + s, v));
-                for (int m = 0; m < IG_MR; ++m)
-                    isc[m][v] = s ? IG_ADD(isc[m][v], IG_MULLO(d[m][v], sc)) : IG_MULLO(d[m][v], sc);
-            }
-        }
-        const int prf = scf + sh.nsub;
-        for (int m = 0; m < IG_MR; ++m) {
-            const float dy = rows[m]->d[ab];
-            const int16_t *bs = type == ONNXQ_TYPE_Q6_K ? rows[m]->bsum16 + 16 * ab : rows[m]->bsum32 + 8 * ab;
-            for (int v = 0; v < IG_NV; ++v) {
-                IG_W t = IG_ZERO();
-                for (int p = 0; p < sh.npair; ++p) t = IG_ADD(t, IG_MADD16(IG_LD(IG_FIELD(pb, sh.nks, prf + p, v)), IG_BC32(bs + 2 * p)));
-                const IG_F dd = IG_MULF(IG_LDF(IG_FIELD(pb, sh.nks, 0, v)), IG_SETF(dy));
-                IG_ACC_LOAD(m, v);
-                if (type == ONNXQ_TYPE_Q6_K) {
-                    acc[m][v] = IG_FMA(IG_CVT(IG_SUB(isc[m][v], IG_SLLI(t, 5))), dd, acc[m][v]);
-                } else {
-                    acc[m][v] = IG_FMA(IG_CVT(isc[m][v]), dd, acc[m][v]);
-                    acc[m][v] = IG_FNMA(IG_CVT(t), IG_MULF(IG_LDF(IG_FIELD(pb, sh.nks, 1, v)), IG_SETF(dy)), acc[m][v]);
+        /* K-quant super-block: eight 32-element blocks (panel fields: kernels_x86.h) */
+        float dyis[IG_MR][8];
+        for (int m = 0; m < IG_MR && type != ONNXQ_TYPE_Q6_K; ++m) qk_dyisum8(rows[m]->d + 8 * ab, rows[m]->isum + 8 * ab, dyis[m]);
+        for (int s = 0; s < 8; ++s) {
+            const int64_t a32 = 8 * ab + s;
+            if (type == ONNXQ_TYPE_Q6_K) { /* two sub-blocks of 16, each scaled in int32 */
+                for (int v0 = 0; v0 < IG_NV; v0 += IG_Q6_NV) {
+                    IG_W d1[IG_MR][IG_NV];
+                    IG_NAME(ig_subdot)(pb, 8 * s, 4, rows, 32 * a32, v0, IG_Q6_NV, d);
+                    IG_NAME(ig_subdot)(pb, 8 * s + 4, 4, rows, 32 * a32 + 16, v0, IG_Q6_NV, d1);
+                    for (int v = v0; v < v0 + IG_Q6_NV; ++v) {
+                        const IG_W sc0 = IG_SRAI(IG_LD(IG_FIELD(pb, 0, IGK_Q6_SC + 3 * s, v)), 16);
+                        const IG_W sc1 = IG_SRAI(IG_LD(IG_FIELD(pb, 0, IGK_Q6_SC + 3 * s + 1, v)), 16);
+                        const IG_W pr = IG_LD(IG_FIELD(pb, 0, IGK_Q6_SC + 3 * s + 2, v));
+                        const IG_F f0 = IG_LDF(IG_FIELD(pb, 0, IGK_Q6_D, v));
+                        for (int m = 0; m < IG_MR; ++m) {
+                            const IG_W off = IG_MADD16(pr, IG_BC32(rows[m]->bsum16 + 16 * ab + 2 * s));
+                            const IG_W isum = IG_SUB(IG_ADD(IG_MULLO(d[m][v], sc0), IG_MULLO(d1[m][v], sc1)), off);
+                            IG_ACC_LOAD(m, v);
+                            acc[m][v] = IG_FMA(IG_CVT(isum), IG_MULF(f0, IG_SETF(rows[m]->d[a32])), acc[m][v]);
+                            IG_ACC_STORE(m, v);
+                        }
+                    }
                 }
-                IG_ACC_STORE(m, v);
+                continue;
+            }
+            /* Q4_K Q5_K: a Q4_1 / Q5_1 block with d = ds, m = -ms */
+            IG_NAME(ig_subdot)(pb, 8 * s, 8, rows, 32 * a32, 0, IG_NV, d);
+            for (int v = 0; v < IG_NV; ++v) {
+                const IG_F ds = IG_LDF(IG_FIELD(pb, 0, IGK_DS + s, v));
+                const IG_F ms = IG_MULF(IG_LDF(IG_FIELD(pb, 0, IGK_DMIN, v)),
+                                        IG_CVT(IG_LDU8(igk_mins_c(pb, IG_NG) + s * IG_NG * 8 + v * (IG_VB / 4))));
+                for (int m = 0; m < IG_MR; ++m) {
+                    const float dy = rows[m]->d[a32];
+                    IG_ACC_LOAD(m, v);
+                    acc[m][v] = IG_FMA(IG_CVT(d[m][v]), IG_MULF(ds, IG_SETF(dy)), acc[m][v]);
+                    acc[m][v] = IG_FNMA(ms, IG_SETF(dyis[m][s]), acc[m][v]);
+                    IG_ACC_STORE(m, v);
+                }
             }
         }
     }
@@ -211,6 +231,9 @@ IG_ENTRY(q6_K, ONNXQ_TYPE_Q6_K)
 #undef IG_ADD
 #undef IG_SUB
 #undef IG_SLLI
+#undef IG_SRAI
+#undef IG_LDU8
+#undef IG_Q6_NV
 #undef IG_MULLO
 #undef IG_MADD16
 #undef IG_CVT

@@ -148,13 +148,15 @@ typedef void (*onnxq_dequant_fn)(const uint8_t *block, float *y);
  * consecutive weight groups, expanded once per call into what the micro-kernel wants; per
  * block (onnxq_igemm_block_bytes; the x86 layout below, the ARM levels write their own
  * within the same size, kernels_igemm_arm.h):
- *   codes [bs/4][ng][8][4]   unsigned codes (Q8_0: q ^ 0x80), 4 consecutive elements of
- *                            each of the ng*8 columns: one vector load is 8 or 16 columns
- *   f0    [ng*8] float       d
- *   f1    [ng*8] float       m (Q4_1, Q5_1) or dmin (Q4_K, Q5_K); absent otherwise
- *   sc    [nsub][ng*8] int32 sub-block scales (Q4_K Q5_K: 8 of 32 elements; Q6_K: 16 of 16)
- *   pr    [npair][ng*8] int32 two int16 per lane: (mins 2p, 2p+1) of Q4_K/Q5_K or
- *                            (scales 2p, 2p+1) of Q6_K, for vpmaddwd against activation sums
+ *   codes [bs/4][ng][8][4]   unsigned codes (Q8_0: q ^ 0x80, Q6_K: L = q + 32), 4 consecutive
+ *                            elements of each of the ng*8 columns: one vector load is 8 or 16
+ *                            columns; then fields of [ng*8] lanes (one vector per group each):
+ *   32-element types:        f0 float d; f1 float m (Q4_1, Q5_1 only)
+ *   Q4_K Q5_K (x86 fields, kernels_x86.h IGK_*): ds[8] float d * sc_s; dmin float; the mins
+ *                            as bytes mn[8][ng*8] (2 vectors); 3 vectors unused
+ *   Q6_K:                    d float; per 32-element block s: sc_{2s}, sc_{2s+1} int32 with the
+ *                            scale in both int16 halves (vpmaddwd scales while it widens), and
+ *                            32 * (sc_{2s}, sc_{2s+1}) as int16 pairs against the bsum16 pair
  * The micro-kernel computes C[MR rows][ng*8] (row stride ldc) over the blocks with the same
  * float operations, in the same order, as the table's dot kernel: the integer sums are
  * exact, so the result is bit-identical to the dot path whatever M and the tiling.

@@ -48,17 +48,17 @@ AVX2_INLINE void prefetch_block(const uint8_t *gb, int64_t gbytes) {
     for (int64_t o = 0; o < gbytes; o += 64) _mm_prefetch((const char *)gb + ONNXQ_PREFETCH_BYTES + o, _MM_HINT_T0);
 }
 
-/* Mins term: lane r = sum_s m_{r,s} * bsum32_s, 4 madds over (m_{2p}, m_{2p+1}) pairs. */
-AVX2_INLINE __m256i qk_mins(const uint8_t *mn, const int16_t *bsum32) {
-    __m256i t = _mm256_setzero_si256();
-    ONNXQ_UNROLL
-    for (int p = 0; p < 4; ++p) {
-        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(mn + 16 * p)));
-        int32_t pair;
-        memcpy(&pair, bsum32 + 2 * p, 4);
-        t = _mm256_add_epi32(t, _mm256_madd_epi16(m16, _mm256_set1_epi32(pair)));
-    }
-    return t;
+/* Q4_K/Q5_K sub-block s of the 8 rows: ds = d * sc_s and ms = dmin * mn_s, both exact in fp32
+ * (an fp16 times a 6-bit integer), so wherever they are computed they are the same bits. */
+AVX2_INLINE __m256 qk_ds(const uint8_t *gb, int s) {
+    const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(gb + GB_QK_SC + 8 * s)));
+    return _mm256_mul_ps(ld_half8(gb), _mm256_cvtepi32_ps(sc));
+}
+/* mn[p][r][e] is the min of sub-block 2p + e: byte (s & 1) of pair (s >> 1). */
+AVX2_INLINE __m256 qk_ms(const uint8_t *gb, int s) {
+    const __m256i mp = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(gb + GB_QK_MN + 16 * (s >> 1))));
+    const __m256i mn = (s & 1) ? _mm256_srli_epi32(mp, 16) : _mm256_and_si256(mp, _mm256_set1_epi32(0xFFFF));
+    return _mm256_mul_ps(ld_half8(gb + GB_QK_DMIN), _mm256_cvtepi32_ps(mn));
 }
 
 /* Scale of sub-block s (int8, lane r) as int32, from the (s even, s odd) int16 pairs. */
@@ -75,23 +75,32 @@ AVX2_INLINE __m256i q6_scale_dup(const uint8_t *sc, int s) {
                    : _mm256_shufflehi_epi16(_mm256_shufflelo_epi16(v, 0xA0), 0xA0);
 }
 
-/* 32 * offset term of Q6_K: lane r = sum_s sc_{r,s} * bsum16_s, 8 madds over (sc_{2p}, sc_{2p+1}). */
-AVX2_INLINE __m256i q6_offsets(const uint8_t *sc, const int16_t *bsum16) {
-    __m256i off = _mm256_setzero_si256();
-    ONNXQ_UNROLL
-    for (int p = 0; p < 8; ++p) {
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(sc + 16 * p)));
-        int32_t pair;
-        memcpy(&pair, bsum16 + 2 * p, 4);
-        off = _mm256_add_epi32(off, _mm256_madd_epi16(sc16, _mm256_set1_epi32(pair)));
-    }
-    return off;
+/* out[s] = dy_s * (float)isum_s for the 8 activation blocks of a super-block: the factor of the
+ * Q4_K/Q5_K min terms, 8 at once (the same IEEE products as one at a time). */
+AVX2_INLINE void qk_dyisum8(const float *d, const int32_t *isum, float *out) {
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_loadu_ps(d), _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)isum))));
 }
+
+/* Q6_K 32-element block s (sub-blocks 2s, 2s+1): lane r = sc_{2s} * bsum16_{2s} + sc_{2s+1} * bsum16_{2s+1}
+ * (one madd over the scale pair; 32 times it is the offset of the codes L = q + 32). */
+AVX2_INLINE __m256i q6_offset(const uint8_t *sc, int s, const int16_t *bsum16) {
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(sc + 16 * s)));
+    int32_t pair;
+    memcpy(&pair, bsum16 + 2 * s, 4);
+    return _mm256_madd_epi16(sc16, _mm256_set1_epi32(pair));
+}
+
+/* The x86 integer GEMM panel of a K-quant super-block (kernels_impl.h): 64 code steps, then these
+ * fields (32 bytes per group each, as the code steps). Q4_K Q5_K: ds of sub-block s (float), dmin
+ * (float) and the mins, bytes mn[s][ng * 8] (a sub-block's columns side by side, so the mins of
+ * 8 or 16 columns are one contiguous load). Q6_K: d (float), then per 32-element block s three int32 vectors:
+ * sc_{2s} and sc_{2s+1}, each in both int16 halves of a lane, and 32 * (sc_{2s}, sc_{2s+1}) as int16 pairs. */
+enum { IGK_DS = 64, IGK_DMIN = 72, IGK_MN = 73, IGK_Q6_D = 64, IGK_Q6_SC = 65 };
+static inline uint8_t *igk_mins(uint8_t *pb, int ng) { return pb + (int64_t)IGK_MN * ng * 32; }
+static inline const uint8_t *igk_mins_c(const uint8_t *pb, int ng) { return pb + (int64_t)IGK_MN * ng * 32; }
 
 /* AVX2 functions that the AVX-512 table shares (defined in kernels_avx2.c). */
 void onnxq_avx2_quant_q8_0(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
-void onnxq_avx2_quant_q8_K(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
-                           int16_t *bsum32);
 void onnxq_avx2_ukernel(int64_t kc, const float *const xrows[ONNXQ_MR], const float *pa, const float *pb, float *c,
                         int64_t ldc, int accumulate, const float *bias);
 #define ONNXQ_AVX2_PANEL_DECL(t) void onnxq_avx2_panel_##t(const uint8_t *gb, int64_t nblk, float *panel);

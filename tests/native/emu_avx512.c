@@ -80,6 +80,8 @@ __attribute__((noreturn, used)) void _start(void) {
     test_fdot(T);
     test_gemm(T);
     test_dequant(T);
+    /* the AVX-VNNI table: AVX2 with the VEX vpdpbusd micro-kernels (emulated from AVX2 here) */
+    test_igemm(onnxq_kernels_avxvnni());
     emu_result.done = 1;
     for (;;) __asm__ volatile("hlt");
 }

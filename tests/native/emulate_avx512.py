@@ -10,6 +10,8 @@ Bochs' model in bochscpu 0.4.0 has AVX-512 F/BW/VL but not VNNI, so the kernels 
 with -DONNXQ_EMULATE_VNNI: vpdpbusd is replaced by an exact AVX-512BW sequence and the
 compiler may not emit VNNI instructions. Everything else in kernels_avx512.c (loads,
 nibble/bit expansion, broadcasts, reductions, scaling) runs as shipped.
+The AVX-VNNI table's integer GEMM micro-kernels are checked too (against the AVX2 dot
+kernels, bit for bit), with the ymm vpdpbusd emulated from AVX2 the same way.
 
     pip install bochscpu-python
     python tests/native/emulate_avx512.py
@@ -156,7 +158,7 @@ def main() -> int:
     magic, npass, nfail, done, line, fmt_ptr = struct.unpack_from("<QQQQQQ", res)
     args = struct.unpack_from("<4q", res, 48)
     assert magic == 0x6F6E6E7871656D75, "emu_result not found"
-    print(f"emulated AVX-512 VNNI checks: {npass} passed, {nfail} failed ({elapsed:.1f} s, rip {hex(sess.cpu.state.rip)})")
+    print(f"emulated AVX-512 VNNI (and AVX-VNNI igemm) checks: {npass} passed, {nfail} failed ({elapsed:.1f} s, rip {hex(sess.cpu.state.rip)})")
     if faults:
         print(f"CPU exception(s): {faults}")
     if nfail:
