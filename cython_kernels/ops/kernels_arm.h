@@ -182,7 +182,7 @@ NQ_INLINE float32x4_t nq_acc_asym(float32x4_t acc, int32x4_t sumi, float32x4_t d
     const float32x4_t t = vaddq_f32(vmulq_f32(vmulq_n_f32(dx, dy), vcvtq_f32_s32(sumi)), vmulq_n_f32(mx, dy * (float)ysum));
     return vaddq_f32(acc, t);
 }
-/* K-quant 32-element block (kq32 contract): acc += (ds * dy) * dot - ms * (dy * ysum) */
+/* K-quant 32-element block: acc += (ds * dy) * dot - ms * (dy * ysum) */
 NQ_INLINE float32x4_t nq_acc_kq(float32x4_t acc, int32x4_t dot, float32x4_t ds, float32x4_t ms, float dy,
                                 int32_t ysum) {
     const float32x4_t t = vsubq_f32(vmulq_f32(vmulq_n_f32(ds, dy), vcvtq_f32_s32(dot)), vmulq_n_f32(ms, dy * (float)ysum));

@@ -821,7 +821,7 @@ AVX2_INLINE __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) {
               onnxq_avx2_panel_q8_0, onnxq_avx2_panel_q4_K, onnxq_avx2_panel_q5_K, onnxq_avx2_panel_q6_K},    \
     .fdot = {onnxq_avx2_fdot_q4_0, onnxq_avx2_fdot_q4_1, onnxq_avx2_fdot_q5_0, onnxq_avx2_fdot_q5_1,         \
              onnxq_avx2_fdot_q8_0, onnxq_avx2_fdot_q4_K, onnxq_avx2_fdot_q5_K, onnxq_avx2_fdot_q6_K},        \
-    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_ng = I2_NG, .kq32 = 1
+    .ukernel = onnxq_avx2_ukernel, ONNXQ_X86_GEXPAND, .igemm_ng = I2_NG
 
 static const onnxq_kernel_table table_avx2 = {
     .name = "avx2", AVX2_TABLE_COMMON, .igemm = IGEMM_TABLE(avx2), .igemm_mr = I2_MR};

@@ -253,7 +253,6 @@ static const onnxq_kernel_table table_avx512vnni = {
     .igemm = IGEMM_TABLE(avx512),
     .igemm_mr = IG_MR,
     .igemm_ng = 2 * IG_NV,
-    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_avx512vnni(void) { return &table_avx512vnni; }

@@ -19,7 +19,7 @@
  *   (within onnxq_igemm_block_bytes: Q4_K/Q5_K use 52 * NC of its 56 * NC bytes after the codes;
  *   ms = dmin * mn is one multiply per sub-block and column vector, shared by the AG_MR rows)
  * The float tail is the dot kernels' (kernels_arm.h nq_acc_*), operation for operation, on
- * exact integer sums per 32 activation elements (K-quants: kq32): C is bit-identical to the
+ * exact integer sums per 32 activation elements (K-quants too): C is bit-identical to the
  * table's dot kernel, whatever M and the tiling.
  */
 
@@ -43,7 +43,7 @@ AG_INLINE void AG_NAME(ag_block32)(const int type, const uint8_t *pb, int64_t ab
     }
 }
 
-/* Q4_K Q5_K, 32-element sub-block s of super-block ab (activation block 8ab+s, kq32): its sums,
+/* Q4_K Q5_K, 32-element sub-block s of super-block ab (activation block 8ab+s): its sums,
  * then the dot kernels' tail with ds from the panel and ms = dmin * mn (exact). */
 AG_INLINE void AG_NAME(ag_sub_qk)(const uint8_t *pb, int64_t ab, int s, const onnxq_qact *const *rows,
                                   AG_NAME(ag_acc) acc) {
@@ -62,7 +62,7 @@ AG_INLINE void AG_NAME(ag_sub_qk)(const uint8_t *pb, int64_t ab, int s, const on
     }
 }
 
-/* Q6_K, quarter s of super-block ab (activation block 8ab+s, kq32): the sums of its two
+/* Q6_K, quarter s of super-block ab (activation block 8ab+s): the sums of its two
  * 16-element sub-blocks times their int8 scales (exact int32), then acc += (d * dy) * isum. */
 AG_INLINE void AG_NAME(ag_sub_q6)(const uint8_t *pb, int64_t ab, int s, const onnxq_qact *const *rows,
                                   AG_NAME(ag_acc) acc) {

@@ -85,7 +85,6 @@ typedef struct {
     const float *d;
     const int32_t *isum;
     const int16_t *bsum16;  /* K-quants */
-    const int16_t *bsum32;  /* TRANSITIONAL: unused (NULL); goes when every level has kq32 */
 } onnxq_qact;
 
 /* Activation layouts: 32-element blocks alone, or grouped in 256-element super-blocks. */
@@ -93,9 +92,6 @@ enum { ONNXQ_ACT_Q8_0 = 0, ONNXQ_ACT_Q8_K = 1 };
 
 /* x[0 .. n) then zeros up to nb blocks of 32 (n <= nb * 32): qs[32 * nb], d[nb], isum[nb]. */
 typedef void (*onnxq_quant32_fn)(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
-/* TRANSITIONAL: the old Q8_K quantizer's type; goes with quant_q8_K. */
-typedef void (*onnxq_quant256_fn)(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
-                                  int16_t *bsum32);
 
 /*
  * Fast mode: out[m*8 + r] = sum over the part's nb blocks of row r of the group (g, a
@@ -208,7 +204,6 @@ enum {
 typedef struct {
     const char *name;
     onnxq_quant32_fn quant_q8_0;
-    onnxq_quant256_fn quant_q8_K;
     onnxq_dot_fn dot[ONNXQ_NSLOTS];
     onnxq_panel_fn panel[ONNXQ_NSLOTS];
     onnxq_fdot_fn fdot[ONNXQ_NSLOTS];
@@ -218,9 +213,6 @@ typedef struct {
     onnxq_gexpand_fn gexpand[ONNXQ_NSLOTS];
     onnxq_igemm_fn igemm[ONNXQ_NSLOTS];
     int igemm_mr, igemm_ng; /* rows and groups of the micro-kernel's tile */
-    /* TRANSITIONAL: 1 when the level's K-quant dot/igemm kernels take 32-element activation
-     * blocks; the driver gives other levels the scalar K-quant dot kernels and no K igemm. */
-    int kq32;
 } onnxq_kernel_table;
 
 /* 0..7 for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K, -1 otherwise. */
@@ -278,9 +270,6 @@ void onnxq_kernels_set_active(const onnxq_kernel_table *t);
 
 /* Scalar activation quantizers (the reference the SIMD ones must match bit for bit). */
 void onnxq_quant_q8_0_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
-/* TRANSITIONAL: the old Q8_K quantizer, kept only for the unported levels' checks. */
-void onnxq_quant_q8_K_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
-                             int16_t *bsum32);
 
 static inline uint16_t onnxq_rd16(const uint8_t *p) {
     uint16_t v;

@@ -225,14 +225,6 @@ typedef struct {
     int64_t block_groups; /* groups per L2 block */
 } fast_job;
 
-/* TRANSITIONAL (kq32): a level whose K-quant kernels still take Q8_K gets the scalar ones. */
-static int takes_kq32(const onnxq_kernel_table *T, int type) {
-    return T->kq32 || onnxq_act_kind(type) != ONNXQ_ACT_Q8_K;
-}
-static onnxq_dot_fn fast_dot(const onnxq_kernel_table *T, int type) {
-    return (takes_kq32(T, type) ? T : &onnxq_kernels_scalar)->dot[onnxq_type_slot(type)];
-}
-
 static void fast_task(void *user, size_t t) {
     const fast_job *J = user;
     const onnxq_weight *w = J->w;
@@ -247,7 +239,7 @@ static void fast_task(void *user, size_t t) {
             for (int64_t g = b0; g < b1; ++g) {
                 for (int p = 0; p < w->nparts; ++p) {
                     const onnxq_wpart *pt = &w->part[p];
-                    fast_dot(J->T, pt->type)(group_data(pt, g), pt->nb, J->act[p] + m0, mm, p ? tmp : acc);
+                    J->T->dot[onnxq_type_slot(pt->type)](group_data(pt, g), pt->nb, J->act[p] + m0, mm, p ? tmp : acc);
                     if (p)
                         for (int i = 0; i < mm * 8; ++i) acc[i] += tmp[i];
                 }
@@ -469,7 +461,7 @@ static int matmul_fast(const onnxq_weight *w, const onnxq_kernel_table *T, const
             float *d = (float *)(mem + off[p][1]) + m * nb32;
             int32_t *isum = (int32_t *)(mem + off[p][2]) + m * nb32;
             int16_t *b16 = pt->bs == 32 ? NULL : (int16_t *)((int32_t *)(mem + off[p][2]) + M * nb32) + m * 2 * nb32;
-            a[m] = (onnxq_qact){qs, d, isum, b16, NULL};
+            a[m] = (onnxq_qact){qs, d, isum, b16};
         }
         J.act[p] = Q.act[p] = a;
     }
@@ -478,7 +470,7 @@ static int matmul_fast(const onnxq_weight *w, const onnxq_kernel_table *T, const
     int rc = run_tasks(run, quant_task, (size_t)((M + Q.rows_per_task - 1) / Q.rows_per_task), &Q);
     int use_igemm = M >= ONNXQ_IGEMM_MIN_M;
     for (int p = 0; p < w->nparts; ++p)
-        use_igemm &= T->igemm[onnxq_type_slot(w->part[p].type)] != NULL && takes_kq32(T, w->part[p].type);
+        use_igemm &= T->igemm[onnxq_type_slot(w->part[p].type)] != NULL;
     if (rc == ONNXQ_KERNEL_OK && use_igemm) {
         rc = matmul_igemm(w, T, Q.act, M, bias, Y, run);
     } else if (rc == ONNXQ_KERNEL_OK) {

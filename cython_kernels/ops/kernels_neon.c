@@ -417,7 +417,6 @@ static const onnxq_kernel_table table_neon = {
     ONNXQ_NEON_SHARED_ENTRIES,
     ONNXQ_ARM_GEXPAND(lane4),
     AG_TABLE(neon),
-    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_neon(void) { return &table_neon; }

@@ -51,7 +51,7 @@ NQ_IMPL void NQ_FN(dot32_impl)(const int type, const uint8_t *g, int64_t nb, con
 }
 
 /* Q4_K / Q5_K: every 32-element sub-block s is a Q4_1/Q5_1-like block against activation
- * block 8b+s (kq32): dot = sum(q*y) exact in int32 (codes 0..31), ds/ms once per sub-block
+ * block 8b+s: dot = sum(q*y) exact in int32 (codes 0..31), ds/ms once per sub-block
  * for all rows, the float tail per sub-block (nq_acc_kq). */
 NQ_IMPL void NQ_FN(dot_qk_impl)(const int is_q5, const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M,
                                 float *out) {
@@ -84,7 +84,7 @@ NQ_IMPL void NQ_FN(dot_qk_impl)(const int is_q5, const uint8_t *g, int64_t nb, c
     nq_store_acc(acc, M, out);
 }
 
-/* Q6_K: quarter hq (elements 32hq .. 32hq+31) is activation block 8b+hq (kq32): its two
+/* Q6_K: quarter hq (elements 32hq .. 32hq+31) is activation block 8b+hq: its two
  * 16-element sub-blocks' sums of (L-32)*y times their int8 scales, exact in int32 (the codes
  * are signed, so the scalar reference's -32 * bsum16 is already in the sums), then
  * acc += (d * dy) * isum per quarter. */

@@ -13,7 +13,7 @@
  *   come in pairs. A single row (decode) would waste half of it: M = 1 stays on SDOT.
  *   The 2x2 results ([y0.r, y0.r', y1.r, y1.r']) are turned back into per-row lanes with
  *   64-bit zips once per 32-element block (Q6_K's integer scales are applied in the pair
- *   layout first; the K-quants' float tail runs per 32-element sub-block, kq32).
+ *   layout first; the K-quants' float tail runs per 32-element sub-block).
  * Both levels reproduce the scalar reference's integer sums exactly and its float tail
  * operation for operation (kernels_arm.h), so they give the scalar kernels' bits.
  */
@@ -77,7 +77,6 @@ static const onnxq_kernel_table table_dotprod = {
     ONNXQ_NEON_SHARED_ENTRIES,
     ONNXQ_ARM_GEXPAND(lane4),
     AG_TABLE(dotprod),
-    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_dotprod(void) { return &table_dotprod; }
@@ -171,7 +170,7 @@ I8MM_INLINE void mm32_impl(const int type, const uint8_t *g, int64_t nb, const o
     nq_store_acc(acc, M, out);
 }
 
-/* Q4_K / Q5_K; M >= 2: per 32-element sub-block (activation block 8b+s, kq32) the 2x2 sums
+/* Q4_K / Q5_K; M >= 2: per 32-element sub-block (activation block 8b+s) the 2x2 sums
  * back in row lanes, then the float tail of the dot kernels (nq_acc_kq). */
 I8MM_INLINE void mm_qk_impl(const int is_q5, const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M,
                              float *out) {
@@ -199,7 +198,7 @@ I8MM_INLINE void mm_qk_impl(const int is_q5, const uint8_t *g, int64_t nb, const
     nq_store_acc(acc, M, out);
 }
 
-/* Q6_K; M >= 2. Quarter hq is activation block 8b+hq (kq32); its sub-blocks of 16 are chunk
+/* Q6_K; M >= 2. Quarter hq is activation block 8b+hq; its sub-blocks of 16 are chunk
  * pairs 0-1 and 2-3, their int8 scales applied in the pair layout. */
 I8MM_INLINE void mm_q6_K_impl(const uint8_t *g, int64_t nb, const onnxq_qact *a, const int M, float *out) {
     float32x4_t acc[8][2];
@@ -303,7 +302,6 @@ static const onnxq_kernel_table table_i8mm = {
     ONNXQ_NEON_SHARED_ENTRIES,
     ONNXQ_ARM_GEXPAND(pair8),
     AG_TABLE(i8mm),
-    .kq32 = 1,
 };
 
 const onnxq_kernel_table *onnxq_kernels_i8mm(void) { return &table_i8mm; }

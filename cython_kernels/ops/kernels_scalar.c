@@ -40,21 +40,6 @@ void onnxq_quant_q8_0_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, 
     }
 }
 
-void onnxq_quant_q8_K_scalar(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *bsum16,
-                             int16_t *bsum32) {
-    for (int64_t b = 0; b < nb; ++b) {
-        const int64_t left = n - b * QK_K;
-        int8_t *q = qs + b * QK_K;
-        d[b] = quant_block(x + b * QK_K, left > 0 ? left : 0, QK_K, q);
-        for (int j = 0; j < 16; ++j) {
-            int s = 0;
-            for (int i = 0; i < 16; ++i) s += q[16 * j + i];
-            bsum16[b * 16 + j] = (int16_t)s;
-        }
-        for (int j = 0; j < 8; ++j) bsum32[b * 8 + j] = (int16_t)(bsum16[b * 16 + 2 * j] + bsum16[b * 16 + 2 * j + 1]);
-    }
-}
-
 /* ---- decoding one row of a group-block into codes ---- */
 
 /* Q4_0/Q4_1 nibbles (0..15), element order. */
@@ -384,9 +369,6 @@ static void ukernel_scalar(int64_t kc, const float *const xrows[ONNXQ_MR], const
 static void quant_q8_0(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum) {
     onnxq_quant_q8_0_scalar(x, n, nb, qs, d, isum);
 }
-static void quant_q8_K(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int16_t *b16, int16_t *b32) {
-    onnxq_quant_q8_K_scalar(x, n, nb, qs, d, b16, b32);
-}
 
 /* ---- gather: one ggml block ---- */
 
@@ -404,12 +386,10 @@ DEQUANT_SCALAR(q6_K, ONNXQ_TYPE_Q6_K, QK_K)
 const onnxq_kernel_table onnxq_kernels_scalar = {
     .name = "scalar",
     .quant_q8_0 = quant_q8_0,
-    .quant_q8_K = quant_q8_K,
     .dot = {dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0, dot_q4_K, dot_q5_K, dot_q6_K},
     .panel = {panel_q4_0, panel_q4_1, panel_q5_0, panel_q5_1, panel_q8_0, panel_q4_K, panel_q5_K, panel_q6_K},
     .fdot = {fdot_q4_0, fdot_q4_1, fdot_q5_0, fdot_q5_1, fdot_q8_0, fdot_q4_K, fdot_q5_K, fdot_q6_K},
     .ukernel = ukernel_scalar,
     .dequant = {dequant_q4_0, dequant_q4_1, dequant_q5_0, dequant_q5_1, dequant_q8_0, dequant_q4_K, dequant_q5_K,
                 dequant_q6_K},
-    .kq32 = 1,
 };

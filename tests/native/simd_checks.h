@@ -103,54 +103,41 @@ static void test_repack(void) {
 /* ---------------------------------------------------------------- quantizers */
 
 static void test_quant(const onnxq_kernel_table *T) {
-    const int64_t nbk[] = {1, 3, 8};
-    for (int c = 0; c < 3; ++c)
-        for (int kind = 0; kind < 2; ++kind) {
-            if (kind && !T->quant_q8_K) continue; /* TRANSITIONAL: ported levels dropped Q8_K */
-            const int bs = kind ? QK_K : 32;
-            const int64_t nb = nbk[c];
-            float x[8 * QK_K];
-            for (int64_t i = 0; i < nb * bs; ++i) {
-                switch ((int)(rnd() % 4)) {
-                case 0: x[i] = rnd_normal(); break;
-                case 1: x[i] = (float)rnd_int(-127, 127) / 127.0f * 3.0f; break; /* on or near the grid */
-                case 2: x[i] = ((float)rnd_int(-254, 254) + 0.5f) / 254.0f; break; /* ties after scaling */
-                default: x[i] = rnd_normal() * 1e-30f; break;
-                }
-            }
-            if (c == 1) for (int i = 0; i < bs; ++i) x[i] = 0.0f; /* an all-zero block */
-            if (c == 2) /* amax 127 makes the multiplier 1: every x + 0.5 is an exact tie */
-                for (int64_t b = 0; b < nb; ++b)
-                    for (int i = 0; i < bs; ++i) x[b * bs + i] = i == 0 ? 127.0f : (float)rnd_int(-127, 126) + 0.5f;
-            const int64_t lens[] = {nb * bs, nb * bs - 1, nb * bs - bs / 2 - 3, 1};
-            for (int li = 0; li < 4; ++li) {
-                const int64_t n = lens[li];
-                int8_t q0[8 * QK_K], q1[8 * QK_K];
-                float d0[8], d1[8];
-                int32_t s0[8], s1[8];
-                int16_t b0[8 * 24], b1[8 * 24];
-                memset(q1, 0x55, sizeof q1);
-                if (kind == 0) {
-                    onnxq_quant_q8_0_scalar(x, n, nb, q0, d0, s0);
-                    T->quant_q8_0(x, n, nb, q1, d1, s1);
-                    CHECK(!memcmp(q0, q1, (size_t)(nb * 32)) && !memcmp(d0, d1, (size_t)nb * 4) &&
-                              !memcmp(s0, s1, (size_t)nb * 4),
-                          "%s quant_q8_0 nb=%lld n=%lld", T->name, (long long)nb, (long long)n);
-                } else {
-                    onnxq_quant_q8_K_scalar(x, n, nb, q0, d0, b0, b0 + 16 * nb);
-                    T->quant_q8_K(x, n, nb, q1, d1, b1, b1 + 16 * nb);
-                    CHECK(!memcmp(q0, q1, (size_t)(nb * QK_K)) && !memcmp(d0, d1, (size_t)nb * 4) &&
-                              !memcmp(b0, b1, (size_t)nb * 48),
-                          "%s quant_q8_K nb=%lld n=%lld", T->name, (long long)nb, (long long)n);
-                }
-                int ok = 1; /* the codes are in range and reproduce x to half a step */
-                for (int64_t i = 0; i < nb * bs; ++i) {
-                    const float xi = i < n ? x[i] : 0.0f, dd = kind ? d1[i / QK_K] : d1[i / 32];
-                    ok &= q1[i] != -128 && fabsf(xi - dd * (float)q1[i]) <= dd * 0.5f * 1.0001f + 1e-37f;
-                }
-                CHECK(ok, "%s quant kind %d codes reproduce x", T->name, kind);
+    const int64_t nbk[] = {1, 3, 8, 24}; /* 24: three K-quant super-blocks' worth */
+    for (int c = 0; c < 4; ++c) {
+        const int64_t nb = nbk[c];
+        float x[24 * 32];
+        for (int64_t i = 0; i < nb * 32; ++i) {
+            switch ((int)(rnd() % 4)) {
+            case 0: x[i] = rnd_normal(); break;
+            case 1: x[i] = (float)rnd_int(-127, 127) / 127.0f * 3.0f; break; /* on or near the grid */
+            case 2: x[i] = ((float)rnd_int(-254, 254) + 0.5f) / 254.0f; break; /* ties after scaling */
+            default: x[i] = rnd_normal() * 1e-30f; break;
             }
         }
+        if (c == 1) for (int i = 0; i < 32; ++i) x[i] = 0.0f; /* an all-zero block */
+        if (c == 2) /* amax 127 makes the multiplier 1: every x + 0.5 is an exact tie */
+            for (int64_t b = 0; b < nb; ++b)
+                for (int i = 0; i < 32; ++i) x[b * 32 + i] = i == 0 ? 127.0f : (float)rnd_int(-127, 126) + 0.5f;
+        const int64_t lens[] = {nb * 32, nb * 32 - 1, nb * 32 - 19, 1};
+        for (int li = 0; li < 4; ++li) {
+            const int64_t n = lens[li];
+            int8_t q0[24 * 32], q1[24 * 32];
+            float d0[24], d1[24];
+            int32_t s0[24], s1[24];
+            memset(q1, 0x55, sizeof q1);
+            onnxq_quant_q8_0_scalar(x, n, nb, q0, d0, s0);
+            T->quant_q8_0(x, n, nb, q1, d1, s1);
+            CHECK(!memcmp(q0, q1, (size_t)(nb * 32)) && !memcmp(d0, d1, (size_t)nb * 4) && !memcmp(s0, s1, (size_t)nb * 4),
+                  "%s quant_q8_0 nb=%lld n=%lld", T->name, (long long)nb, (long long)n);
+            int ok = 1; /* the codes are in range and reproduce x to half a step */
+            for (int64_t i = 0; i < nb * 32; ++i) {
+                const float xi = i < n ? x[i] : 0.0f, dd = d1[i / 32];
+                ok &= q1[i] != -128 && fabsf(xi - dd * (float)q1[i]) <= dd * 0.5f * 1.0001f + 1e-37f;
+            }
+            CHECK(ok, "%s quant_q8_0 codes reproduce x", T->name);
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- dot products */
@@ -179,7 +166,7 @@ static void make_act(act_buf *A, int kind, int64_t nb, int lim, int pattern, int
         for (int j = 0; j < 16; ++j) s += A->qs[16 * i + j];
         A->b16[i] = (int16_t)s;
     }
-    *a = (onnxq_qact){A->qs, A->d, A->isum, kind ? A->b16 : NULL, NULL};
+    *a = (onnxq_qact){A->qs, A->d, A->isum, kind ? A->b16 : NULL};
 }
 
 /* Largest activation code that keeps every per-block integer result below 2^24 with unit
@@ -204,7 +191,6 @@ static void test_dot(const onnxq_kernel_table *T) {
     for (int ti = 0; ti < NTYPES; ++ti) {
         const int type = TYPES[ti], slot = onnxq_type_slot(type), kind = onnxq_act_kind(type);
         const int64_t gbytes = onnxq_group_block_bytes(type);
-        if (kind && !T->kq32) continue; /* TRANSITIONAL: the driver gives this level scalar K kernels */
         for (int trial = 0; trial < 60; ++trial) {
             const int mode = trial % 3; /* 0 exact integers, 1 random scales, 2 extremes */
             const int64_t nb = kind ? (mode == 0 ? 1 : 1 + trial % 3) : 1 + trial % 4;
@@ -261,7 +247,6 @@ static void test_igemm(const onnxq_kernel_table *T) {
     for (int ti = 0; ti < NTYPES; ++ti) {
         const int type = TYPES[ti], slot = onnxq_type_slot(type), kind = onnxq_act_kind(type);
         const int64_t gbytes = onnxq_group_block_bytes(type), pbytes = onnxq_igemm_block_bytes(type, ng);
-        if (kind && !T->kq32) continue; /* TRANSITIONAL: the driver runs no K igemm on this level */
         for (int trial = 0; trial < 24; ++trial) {
             const int mode = trial % 3; /* 0 unit scales, 1 random scales, 2 extremes */
             const int64_t nb = kind ? 1 + trial % 2 : 1 + trial % 4;
