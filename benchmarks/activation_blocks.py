@@ -8,14 +8,17 @@ GgmlMatMul, the symmetric 8-bit rounding of its input in blocks of B (``d = amax
 ``q = rint(x / d)``, K-quant tail blocks in 32s, as the op does). Variants, all on one
 quantized model and evaluated in one run (perplexity / KL on onnxq eval's corpus):
 
-* ``exact``: the op in exact mode; ``fast``: the op in fast mode (Q8_K for K-quants);
-* ``emulated B=256``: exact op + rounding in 256-blocks (checks the emulation against ``fast``);
+* ``exact``: the op in exact mode; ``fast``: the op in fast mode (32-element blocks for every
+  type since the kq32 kernels; Q8_K for K-quants before them);
+* ``emulated B=256``: exact op + rounding in 256-blocks (ggml's Q8_K; matched the op's fast
+  mode before the kq32 kernels);
 * ``emulated B=32``: exact op + rounding in 32-blocks, every layer / every layer but the LM head.
 
 Why it matters (issue 12): the auto mode keeps a layer exact when fast mode adds too much
 error, and with Q8_K activations it keeps nearly every K-quant layer exact, so the default
 model's prefill runs at exact-mode speed. If 32-element activation blocks cost little, K-quant
-fast mode with them (new kernels) lets auto run most MACs fast.
+fast mode with them (new kernels) lets auto run most MACs fast. That is what this measured,
+and what the kq32 kernels now do (docs/budget.md, "Why K-quants used to stay exact").
 
     python benchmarks/activation_blocks.py [--recipe q4_k_m] [--max-tokens 4096] [--work DIR]
 """

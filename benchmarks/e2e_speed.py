@@ -81,17 +81,22 @@ class LlamaKV:
         return prefill, self.runner.decode(prompt, steps)
 
 
-def quantized_models(float_path: str, variants, modes, work: str) -> Dict[str, str]:
-    """name -> path of every (variant, mode), quantized once and cached."""
+def quantized_models(float_path: str, variants, modes, work: str, threshold: float) -> Dict[str, str]:
+    """name -> path of every (variant, mode), quantized once and cached (auto models per
+    threshold and activation block size: what the per-layer choice depends on)."""
+    from onnxq.ggml.fastmode import ACTIVATION_BLOCK
     from onnxq.pipeline import quantize
 
     out = {}
     for variant in variants:
         for mode in modes:
-            path = os.path.join(work, f"smollm2-kv-{variant}-{mode}.onnx")
+            tag = f"{mode}-t{threshold:g}-b{ACTIVATION_BLOCK}" if mode == "auto" else mode
+            path = os.path.join(work, f"smollm2-kv-{variant}-{tag}.onnx")
             if not os.path.exists(path):
                 print(f"quantizing {variant} / {mode} ...", flush=True)
                 kw = {"recipe": variant} if variant in PRESETS else {"type": variant}
+                if mode == "auto":
+                    kw["auto_threshold"] = threshold
                 quantize(float_path, path, mode=mode, progress=False, **kw)
             out[f"{variant}/{mode}"] = path
     return out
@@ -156,8 +161,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--prompt", type=int, default=512, help="prefill tokens")
     ap.add_argument("--decode", type=int, default=64, help="greedy tokens decoded after the prompt")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians)")
+    ap.add_argument("--auto-threshold", type=float, default=None,
+                    help="the auto mode's threshold (default: onnxq.ggml.modes.DEFAULT_THRESHOLD)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    if args.auto_threshold is None:
+        from onnxq.ggml.modes import DEFAULT_THRESHOLD
+
+        args.auto_threshold = DEFAULT_THRESHOLD
     import onnxruntime as ort
 
     from onnxq import runtime, zoo
@@ -167,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     float_path = str(zoo.ensure("smollm2-135m-kv", progress=False))
     work = os.path.join(str(zoo.cache_dir()), "bench", "e2e")
     os.makedirs(work, exist_ok=True)
-    models = {"float32": float_path, **quantized_models(float_path, variants, modes, work)}
+    models = {"float32": float_path, **quantized_models(float_path, variants, modes, work, args.auto_threshold)}
     ggufs = llama_models(variants, work, max(int(t) for t in args.threads.split(",")))
     prompt = prompt_tokens(args.prompt)
     print(f"onnxruntime {ort.__version__}, onnxq kernels: {runtime.kernel_isa()}, cpus {os.cpu_count()}, "

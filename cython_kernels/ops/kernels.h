@@ -51,9 +51,10 @@ void onnxq_weight_destroy(onnxq_weight *w);
 
 /* Y[M, N] = X[M, K] @ dequant(W)[N, K]^T (+ bias[N] when bias != NULL).
  * EXACT: float activations against the dequantized weights (float32 accumulation).
- * FAST: each X row quantized to ggml's vec_dot type (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_0 with
- * its sums (Q8_1's role) for Q4_1/Q5_1, Q8_K for K-quants; fp32 scales), exact integer
- * dot products per block; the result does not depend on M or on the thread count. */
+ * FAST: each X row quantized to symmetric 8-bit blocks of 32 with fp32 scales and the
+ * blocks' code sums (ggml's Q8_0 / Q8_1 for the 32-element types; K-quants take the same
+ * blocks, not ggml's 256-element Q8_K), exact integer dot products per 32 elements; the
+ * result does not depend on M or on the thread count. */
 int onnxq_matmul(const onnxq_weight *w, const float *X, int64_t M, const float *bias, float *Y, int mode,
                  const onnxq_runner *run);
 

@@ -23,7 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="full-sequence model (input_ids -> logits) instead of the KV-cache interface")
     parser.add_argument("--mode", choices=MODES, default="exact",
                         help="GgmlMatMul mode: exact (float activations, the default) or fast "
-                             "(activations rounded to 8-bit blocks, as llama.cpp does)")
+                             "(activations rounded to 8-bit blocks of 32, as llama.cpp does for all but K-quants, "
+                             "which it rounds in blocks of 256)")
     parser.add_argument("--requantize", metavar="TYPE", type=str.upper, choices=WEIGHT_TYPES,
                         help="convert tensors of types the op library lacks (IQ*, Q2_K, Q3_K, TQ*, MXFP4) to TYPE "
                              "with onnxq's codec (recorded in the metadata); without it such tensors are an error")
