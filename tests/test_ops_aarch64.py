@@ -7,7 +7,8 @@
   that reached for SDOT there would die of SIGILL).
 * tests/native/isa_probe.c for each ONNXQ_ISA value: what the dispatcher picks, and the
   results it computes through it (fast mode the same bits at every level, M = 17 and 64
-  through the integer GEMM, M = 1 and 3 through the dot kernels).
+  through the integer GEMM, M = 1 and 3 through the dot kernels), and the same bits as
+  x86's scalar kernels.
 * test_kernels.c's igemm checks: each ARM level's integer GEMM micro-kernel against its dot
   kernel, and the whole fast-mode driver at M = 16, 17, 64 against the same level's
   row-by-row GEMV and the scalar kernels, bit for bit, every type and odd shapes.
@@ -126,6 +127,30 @@ def test_dispatch_and_forced_levels(probe):
                 b = [float(v) for v in ref[key]]
                 scale = max(abs(v) for v in b) + 1e-30
                 assert all(abs(x - y) <= 1e-5 * scale for x, y in zip(a, b)), (isa, key)
+
+
+def test_fast_mode_bits_match_x86(probe, tmp_path):
+    """Fast mode is defined by the scalar reference, whatever the architecture: exact integer
+    sums and the same float operations (-ffp-contract=off) give x86's scalar kernels and every
+    ARM level the same bits, so a model's fast-mode output does not depend on where it runs."""
+    host_cc = kbuild.compiler()
+    if host_cc is None or sys.platform != "linux" or os.uname().machine != "x86_64":
+        pytest.skip("needs an x86-64 Linux host compiler")
+    objs = kbuild.objects(kbuild.OPT)
+    obj = str(tmp_path / "isa_probe.o")
+    subprocess.run([host_cc, *kbuild.BASE_FLAGS, *kbuild.OPT, "-c", os.path.join(kbuild.NATIVE, "isa_probe.c"), "-o",
+                    obj], check=True)
+    keep = [o for o in objs if os.path.basename(o).startswith(("kernels_", "harness"))]
+    host = kbuild.link([obj, *keep], str(tmp_path / "isa_probe_x86"), [], cc=host_cc)
+    env = dict(os.environ, ONNXQ_ISA="scalar")
+    x86 = parse_probe(subprocess.run([host], capture_output=True, text=True, env=env, check=True).stdout)
+    assert x86[0] == "scalar"
+    fast = [k for k in x86[1] if k[0] == "fast"]
+    assert len(fast) == 8 * 4
+    for cpu, isa in (("max", "scalar"), ("cortex-a53", "neon"), ("cortex-a76", "dotprod"), ("max", "i8mm")):
+        picked, cases = parse_probe(qemu(probe, cpu, isa))
+        assert picked == isa
+        assert [k for k in fast if cases[k] != x86[1][k]] == [], (cpu, isa)
 
 
 def test_cross_built_library(tmp_path):
