@@ -72,8 +72,9 @@ void onnxq_unpack_group_block(int type, const uint8_t *gb, int r, uint8_t *out);
  * blocks of 32 (ggml's Q8_0 / Q8_1 for the 32-element types):
  *   32-element types: qs, d (one per block), isum (sum of the block's qs; Q8_1's s is d * isum);
  *   K-quants (ONNXQ_ACT_Q8_K: nb super-blocks of 256 = 8 blocks each): qs, d and isum per
- *     32-element block (8 per super-block), and bsum16 (16 per super-block: sums of 16, for
- *     Q6_K's 16-element sub-blocks; bsum16[2i] + bsum16[2i + 1] == isum[i]).
+ *     32-element block (8 per super-block); for Q6_K also bsum16 (16 per super-block: sums
+ *     of 16 for its 16-element sub-blocks; bsum16[2i] + bsum16[2i + 1] == isum[i]), NULL
+ *     for the other types, which never read it.
  * Values are symmetric: q = round_half_even(x * 127 / amax) in [-127, 127], d = amax / 127,
  * kept as fp32 (ggml stores Q8_0/Q8_1's d as fp16; fp32 only removes a rounding).
  * K-quants use 32-element activation blocks, not ggml's Q8_K (one d per 256): on SmolLM2
@@ -84,7 +85,7 @@ typedef struct {
     const int8_t *qs;
     const float *d;
     const int32_t *isum;
-    const int16_t *bsum16;  /* K-quants */
+    const int16_t *bsum16;  /* Q6_K */
 } onnxq_qact;
 
 /* Activation layouts: 32-element blocks alone, or grouped in 256-element super-blocks. */

@@ -280,7 +280,7 @@ static void quant_task(void *user, size_t t) {
             const onnxq_qact *a = &J->act[p][m];
             const float *x = J->X + m * K + pt->k0;
             J->T->quant_q8_0(x, valid, n / 32, (int8_t *)a->qs, (float *)a->d, (int32_t *)a->isum);
-            if (pt->bs != 32) sums16(a->qs, n / 16, (int16_t *)a->bsum16);
+            if (a->bsum16) sums16(a->qs, n / 16, (int16_t *)a->bsum16);
         }
     }
 }
@@ -442,7 +442,8 @@ static int matmul_fast(const onnxq_weight *w, const onnxq_kernel_table *T, const
         off[p][0] = bytes; bytes += (size_t)(M * n + 63) / 64 * 64;                         /* qs */
         const int64_t nb32 = n / 32; /* activation blocks per row */
         off[p][1] = bytes; bytes += (size_t)(M * nb32 * 4 + 63) / 64 * 64;                  /* d */
-        off[p][2] = bytes; bytes += (size_t)(M * nb32 * (pt->bs == 32 ? 4 : 8) + 63) / 64 * 64; /* isum, bsum16 */
+        const int64_t sbytes = pt->type == ONNXQ_TYPE_Q6_K ? 8 : 4; /* isum, and bsum16 for Q6_K */
+        off[p][2] = bytes; bytes += (size_t)(M * nb32 * sbytes + 63) / 64 * 64;
         off[p][3] = bytes; bytes += (size_t)(M * sizeof(onnxq_qact) + 63) / 64 * 64;
     }
     uint8_t *mem = aligned_alloc(64, bytes);
@@ -460,7 +461,8 @@ static int matmul_fast(const onnxq_weight *w, const onnxq_kernel_table *T, const
             const int64_t nb32 = n / 32;
             float *d = (float *)(mem + off[p][1]) + m * nb32;
             int32_t *isum = (int32_t *)(mem + off[p][2]) + m * nb32;
-            int16_t *b16 = pt->bs == 32 ? NULL : (int16_t *)((int32_t *)(mem + off[p][2]) + M * nb32) + m * 2 * nb32;
+            int16_t *b16 = pt->type != ONNXQ_TYPE_Q6_K ? NULL
+                                                       : (int16_t *)((int32_t *)(mem + off[p][2]) + M * nb32) + m * 2 * nb32;
             a[m] = (onnxq_qact){qs, d, isum, b16};
         }
         J.act[p] = Q.act[p] = a;
