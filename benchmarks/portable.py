@@ -45,7 +45,7 @@ from onnxq.ggml.portable import row_segments
 from onnxq.ggml.portable_ops import float_zero_points
 from onnxq.ggml.portable_rewrite import convert_model
 from onnxq.modelio import get_initializer_array, load_model, model_dir
-from onnxq.runtime import InferenceSession
+from onnxq.runtime import InferenceSession, quiet_between_runs
 
 TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k")
 MODELS = ("smollm2-135m", "all-minilm-l6-v2")
@@ -168,6 +168,8 @@ def decode_speed(model: str, qtype: str, tmp: Path) -> Dict[str, float]:
     float_acts.log_severity_level = 3
     for key, value in FLOAT_ACTIVATIONS.items():
         float_acts.add_session_config_entry(key, value)
+    for options in (plain, float_acts):  # the variants are timed in turn: no spinning into the next one
+        quiet_between_runs(options)
     cpu = ["CPUExecutionProvider"]
     sessions = {
         "float32": ort.InferenceSession(str(kv_src), plain, providers=cpu),

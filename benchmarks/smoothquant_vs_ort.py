@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import onnxruntime as ort
 
-from onnxq import zoo
+from onnxq import runtime, zoo
 from onnxq.evaluate import evaluate
 from onnxq.calibrate import CalibrationCache, calibrate
 from onnxq.modelio import load_model, model_dir, save_model
@@ -112,6 +112,7 @@ def time_model(path: Path, feeds: Dict[str, np.ndarray], repeat: int = 15, threa
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    runtime.quiet_between_runs(so)  # models are timed in turn: no spinning into the next one
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     sess.run(None, feeds)
     times = []

@@ -146,7 +146,7 @@ def _decode_speed(args: argparse.Namespace, recipe, out_path: str, progress: boo
 
     from .. import zoo
     from ..pipeline import quantize
-    from ..runtime import InferenceSession
+    from ..runtime import InferenceSession, quiet_between_runs
 
     kv_name = f"{args.model}-kv"
     if kv_name not in zoo.available():
@@ -156,6 +156,7 @@ def _decode_speed(args: argparse.Namespace, recipe, out_path: str, progress: boo
     quantize(kv_float, kv_out, type=args.type, recipe=recipe, mode=args.mode, progress=False)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    quiet_between_runs(options)  # float and quantized are timed in turn
     if args.threads:
         options.intra_op_num_threads = args.threads
     sessions = {

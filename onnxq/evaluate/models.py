@@ -164,6 +164,7 @@ def session_options(threads: int = 0, config: Optional[Mapping[str, str]] = None
         options.add_session_config_entry(str(key), str(value))
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
+    runtime.quiet_between_runs(options)  # models are timed in turn: no spinning into the next one
     # Fatal only: run errors reach the user once, as the exception evaluation turns into a
     # one-line message, and warnings about e.g. unused initializers are noise here.
     options.log_severity_level = 4
