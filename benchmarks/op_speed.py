@@ -13,8 +13,8 @@ Variants and thread counts are timed round-robin (a batch of calls each after on
 several rounds) so that drift on a busy machine hits them alike; the figure is the median time
 per call. Ratios are the peer's time divided by the variant's (> 1: the variant is faster),
 each the median over rounds of the ratio within one round; ``x 1 thr`` is the gain over the
-same op at 1 thread. Sessions stop their workers spinning when a run ends
-(``onnxq.runtime.quiet_between_runs``): a spinning session takes a core from the next one. Weights are random but
+same op at 1 thread. Sessions spin their idle workers for 1 ms at most: by default they spin
+for tens of ms, taking a core from the next variant's batch. Weights are random but
 valid blocks (the kernels' cost does not depend on the values); ``--check`` first verifies
 each onnxq model against X @ dequantize(W).T on small inputs.
 
@@ -144,7 +144,11 @@ class Runner:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        runtime.quiet_between_runs(so)  # the variants are timed in turn: no spinning into the next one
+        # Variants are timed in turn, so idle workers must not spin into the next variant's batch
+        # (onnxruntime's default spin lasts tens of ms). Stopping them at the end of every run
+        # (runtime.quiet_between_runs) would make each call of a 0.1 ms op pay a thread wake-up;
+        # a 1 ms spin spans the gap between calls of a batch and ends before the next batch.
+        so.add_session_config_entry("session.intra_op.spin_duration_us", "1000")
         if library:  # another build of the same ops (the baseline)
             so.register_custom_ops_library(library)
         else:
