@@ -47,7 +47,7 @@ def _session(path: str, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    onnxq.runtime.quiet_between_runs(opts)  # sessions are timed in turn: no spinning into the next one
+    onnxq.quiet_between_runs(opts)  # sessions are timed in turn: no spinning into the next one
     onnxq.register_library(opts)
     return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 

@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "QuantizedGGMLTensor": "onnxq.ggml.codec",
     "get_library_path": "onnxq.runtime",
     "register_library": "onnxq.runtime",
+    "quiet_between_runs": "onnxq.runtime",
     "InferenceSession": "onnxq.runtime",
     "kernel_isa": "onnxq.runtime",
     "model_needs_library": "onnxq.runtime",
