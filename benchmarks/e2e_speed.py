@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gguf_vs_llamacpp import LlamaRunner, _session  # noqa: E402
+from op_speed import median_ratio  # noqa: E402
 
 VARIANTS = ("q4_0", "q4_k_m", "q6_k", "q8_0")
 MODES = ("auto", "fast", "exact")
@@ -144,8 +145,7 @@ def measure(runners: Dict[str, object], prompt: List[int], steps: int, repeats: 
             samples[name][1].append(d)
     base = samples["float32"]
     return {k: {"prefill_tps": len(prompt) / statistics.median(p), "decode_tps": 1.0 / statistics.median(d),
-                "prefill_vs_f32": statistics.median(b / x for b, x in zip(base[0], p)),
-                "decode_vs_f32": statistics.median(b / x for b, x in zip(base[1], d))}
+                "prefill_vs_f32": median_ratio(base[0], p), "decode_vs_f32": median_ratio(base[1], d)}
             for k, (p, d) in samples.items()}
 
 

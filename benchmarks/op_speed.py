@@ -181,11 +181,16 @@ def measure(runners: Dict, rounds: int, budget: float) -> Dict[object, List[floa
     return samples
 
 
-def ratio(samples: Dict[object, List[float]], peer, this) -> float:
-    """Median over rounds of the peer's time / this runner's time in the same round. A round takes
+def median_ratio(peer: List[float], this: List[float]) -> float:
+    """Median over rounds of the peer's time / this one's time in the same round. A round takes
     a second or two, so the machine's slower drift (seen: +-20 % over seconds on a shared VM)
     cancels in each ratio, where a ratio of overall medians would keep it."""
-    return statistics.median(p / t for p, t in zip(samples[peer], samples[this]))
+    return statistics.median(p / t for p, t in zip(peer, this))
+
+
+def ratio(samples: Dict[object, List[float]], peer, this) -> float:
+    """:func:`median_ratio` of two runners' per-round times."""
+    return median_ratio(samples[peer], samples[this])
 
 
 # ------------------------------------------------------------------ main

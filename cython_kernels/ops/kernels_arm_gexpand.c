@@ -39,7 +39,7 @@ NQ_INLINE void put_half8(float *f, int gi, const uint8_t *src) {
 
 /* One group-block gb into group slot gi of panel block pb (layout: kernels_igemm_arm.h). */
 NQ_INLINE void expand_block(const int type, const uint8_t *gb, uint8_t *pb, int ng, int gi, const int pair8) {
-    const int nc = 8 * ng, bs = onnxq_act_kind(type) == ONNXQ_ACT_Q8_K ? QK_K : 32;
+    const int nc = 8 * ng, bs = onnxq_is_kquant(type) ? QK_K : 32;
     int8_t *codes = (int8_t *)pb;
     float *f0 = (float *)(pb + (int64_t)bs * nc), *f1 = f0 + nc;
     nq_codes w;

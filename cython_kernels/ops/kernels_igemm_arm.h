@@ -96,7 +96,7 @@ AG_INLINE void AG_NAME(ag_sub_q6)(const uint8_t *pb, int64_t ab, int s, const on
             for (int v = 0; v < AG_NV; ++v) acc[m][v] = first ? vdupq_n_f32(0.0f) : vld1q_f32(C + m * ldc + 4 * v); \
         for (int64_t b = 0; b < nblk; ++b) {                                                                   \
             const uint8_t *pb = panel + b * pbytes;                                                            \
-            if (onnxq_act_kind(TYPE) != ONNXQ_ACT_Q8_K) AG_NAME(ag_block32)(TYPE, pb, b0 + b, rows, acc);      \
+            if (!onnxq_is_kquant(TYPE)) AG_NAME(ag_block32)(TYPE, pb, b0 + b, rows, acc);                      \
             else                                                                                               \
                 for (int s = 0; s < 8; ++s)                                                                    \
                     if (TYPE == ONNXQ_TYPE_Q6_K) AG_NAME(ag_sub_q6)(pb, b0 + b, s, rows, acc);                 \

@@ -71,7 +71,7 @@ void onnxq_unpack_group_block(int type, const uint8_t *gb, int r, uint8_t *out);
  * A quantized activation row for one weight part. Every type's activations are Q8_0-style
  * blocks of 32 (ggml's Q8_0 / Q8_1 for the 32-element types):
  *   32-element types: qs, d (one per block), isum (sum of the block's qs; Q8_1's s is d * isum);
- *   K-quants (ONNXQ_ACT_Q8_K: nb super-blocks of 256 = 8 blocks each): qs, d and isum per
+ *   K-quants (onnxq_is_kquant: nb super-blocks of 256 = 8 blocks each): qs, d and isum per
  *     32-element block (8 per super-block); for Q6_K also bsum16 (16 per super-block: sums
  *     of 16 for its 16-element sub-blocks; bsum16[2i] + bsum16[2i + 1] == isum[i]), NULL
  *     for the other types, which never read it.
@@ -87,9 +87,6 @@ typedef struct {
     const int32_t *isum;
     const int16_t *bsum16;  /* Q6_K */
 } onnxq_qact;
-
-/* Activation layouts: 32-element blocks alone, or grouped in 256-element super-blocks. */
-enum { ONNXQ_ACT_Q8_0 = 0, ONNXQ_ACT_Q8_K = 1 };
 
 /* x[0 .. n) then zeros up to nb blocks of 32 (n <= nb * 32): qs[32 * nb], d[nb], isum[nb]. */
 typedef void (*onnxq_quant32_fn)(const float *x, int64_t n, int64_t nb, int8_t *qs, float *d, int32_t *isum);
@@ -231,10 +228,10 @@ static inline int onnxq_type_slot(int type) {
     }
 }
 
-/* The activation type a weight type's fast dot product takes (ggml's vec_dot_type). */
-static inline int onnxq_act_kind(int type) {
-    return (type == ONNXQ_TYPE_Q4_K || type == ONNXQ_TYPE_Q5_K || type == ONNXQ_TYPE_Q6_K) ? ONNXQ_ACT_Q8_K
-                                                                                          : ONNXQ_ACT_Q8_0;
+/* 1 for the K-quants: weight blocks are 256-element super-blocks (their activations are the
+ * same 32-element blocks as every type's, 8 per super-block), else 0. */
+static inline int onnxq_is_kquant(int type) {
+    return type == ONNXQ_TYPE_Q4_K || type == ONNXQ_TYPE_Q5_K || type == ONNXQ_TYPE_Q6_K;
 }
 
 /* Group-block field offsets (bytes). */

@@ -189,7 +189,7 @@ static int exact_act_limit(int type) {
 
 static void test_dot(const onnxq_kernel_table *T) {
     for (int ti = 0; ti < NTYPES; ++ti) {
-        const int type = TYPES[ti], slot = onnxq_type_slot(type), kind = onnxq_act_kind(type);
+        const int type = TYPES[ti], slot = onnxq_type_slot(type), kind = onnxq_is_kquant(type);
         const int64_t gbytes = onnxq_group_block_bytes(type);
         for (int trial = 0; trial < 60; ++trial) {
             const int mode = trial % 3; /* 0 exact integers, 1 random scales, 2 extremes */
@@ -245,7 +245,7 @@ static void test_igemm(const onnxq_kernel_table *T) {
     if (!T->igemm[0]) return;
     const int mr = T->igemm_mr, ng = T->igemm_ng;
     for (int ti = 0; ti < NTYPES; ++ti) {
-        const int type = TYPES[ti], slot = onnxq_type_slot(type), kind = onnxq_act_kind(type);
+        const int type = TYPES[ti], slot = onnxq_type_slot(type), kind = onnxq_is_kquant(type);
         const int64_t gbytes = onnxq_group_block_bytes(type), pbytes = onnxq_igemm_block_bytes(type, ng);
         for (int trial = 0; trial < 24; ++trial) {
             const int mode = trial % 3; /* 0 unit scales, 1 random scales, 2 extremes */
